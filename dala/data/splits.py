@@ -1,0 +1,243 @@
+"""Train/val/test splits that keep each patient on one side, and the leaky image-level split
+kept only to show why that matters.
+
+The grouping key is the patient key from :mod:`dala.data.breakhis` (``<year>-<numeric stem of the
+slide id>``), which keeps BreakHis's traps together: slide 13412 labelled both DC and LC, and ids
+sharing a numeric stem (22549AB/22549CD, 15570/15570C, ...). The official protocol (Spanhol et al.
+2016) is 70/30 by patient, five random trials, each magnification separately:
+:func:`official_trials`.
+
+A protocol is code: :meth:`Split.save` writes a JSON file with a content hash, and both making
+and loading a patient split assert that no patient appears in two parts
+(:class:`~dala.errors.SplitLeakError` names the patients).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dala.data.breakhis import parse_name
+from dala.errors import DataError, SplitLeakError
+from dala.io import atomic_write_json
+
+FORMAT = "dala-split/1"
+PARTS = ("train", "val", "test")
+GROUP_KEY = "patient = <year>-<numeric stem of slide id> (keeps 13412 DC/LC and 22549AB/CD-style ids together)"
+
+
+@dataclass
+class Split:
+    by: str  # "patient" | "image"
+    parts: dict[str, list[str]]  # part -> sorted image ids
+    seed: int = 0
+    test_fraction: float = 0.3
+    val_fraction: float = 0.0
+    magnification: int | None = None
+    name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    # -- content -------------------------------------------------------------------------
+    def patients(self) -> dict[str, list[str]]:
+        """Patients in each part, derived from the image ids (the names carry the key)."""
+        return {p: sorted({parse_name(i + ".png").patient for i in ids}) for p, ids in self.parts.items()}
+
+    def leaking_patients(self) -> list[str]:
+        """Patients whose images sit in more than one part (empty for a patient split)."""
+        seen: dict[str, set[str]] = {}
+        for part, pats in self.patients().items():
+            for pat in pats:
+                seen.setdefault(pat, set()).add(part)
+        return sorted(p for p, parts in seen.items() if len(parts) > 1)
+
+    def assert_patient_disjoint(self) -> None:
+        leaks = self.leaking_patients()
+        if leaks:
+            shown = ", ".join(leaks[:10]) + (f" and {len(leaks) - 10} more" if len(leaks) > 10 else "")
+            raise SplitLeakError(
+                f"patient-level split leaks {len(leaks)} patient(s) across train/val/test: {shown}. "
+                "Remake it with make_split(..., by='patient')."
+            )
+
+    def content_hash(self) -> str:
+        payload = json.dumps({"by": self.by, "magnification": self.magnification, "parts": self.parts}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        pats = self.patients()
+        return {p: {"images": len(self.parts[p]), "patients": len(pats[p])} for p in self.parts}
+
+    def frames(self, index: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """The index rows of each part. Raises if the split names images the index lacks."""
+        by_id = index.set_index("image_id", drop=False)
+        out = {}
+        for part, ids in self.parts.items():
+            missing = [i for i in ids if i not in by_id.index]
+            if missing:
+                raise DataError(
+                    f"split part {part!r} names {len(missing)} image(s) not in this dataset (e.g. {missing[0]}): "
+                    "the split was made for another dataset; make a new one for this folder."
+                )
+            out[part] = by_id.loc[ids].reset_index(drop=True)
+        return out
+
+    # -- files ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "by": self.by,
+            "group_key": GROUP_KEY if self.by == "patient" else "none (images split at random: patients leak)",
+            "seed": self.seed,
+            "test_fraction": self.test_fraction,
+            "val_fraction": self.val_fraction,
+            "magnification": self.magnification,
+            "counts": self.counts(),
+            "leaking_patients": self.leaking_patients(),
+            "meta": self.meta,
+            "parts": self.parts,
+            "sha256": self.content_hash(),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        if self.by == "patient":
+            self.assert_patient_disjoint()
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "split") -> "Split":
+        if d.get("format") != FORMAT or "parts" not in d:
+            raise DataError(f"{source} is not a DALA split file (format {d.get('format')!r}); make one with `python -m dala data split`.")
+        split = cls(
+            by=d["by"], parts={p: list(v) for p, v in d["parts"].items()}, seed=d.get("seed", 0),
+            test_fraction=d.get("test_fraction", 0.3), val_fraction=d.get("val_fraction", 0.0),
+            magnification=d.get("magnification"), name=d.get("name", ""), meta=d.get("meta", {}),
+        )
+        if d.get("sha256") and d["sha256"] != split.content_hash():
+            raise DataError(f"{source} was modified after it was made (content hash mismatch); remake the split rather than editing it.")
+        if split.by == "patient":
+            split.assert_patient_disjoint()
+        return split
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Split":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"split file {str(path)!r} does not exist.")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"split file {str(path)!r} is not valid JSON ({exc}).") from exc
+        return cls.from_dict(d, source=f"split file {str(path)!r}")
+
+
+# -- making splits -----------------------------------------------------------------------
+
+def _select(index: pd.DataFrame, magnification: int | None) -> pd.DataFrame:
+    if index.empty:
+        raise DataError("cannot split an empty index.")
+    if magnification is None:
+        return index
+    sub = index[index["magnification"] == int(magnification)]
+    if sub.empty:
+        raise DataError(f"no images at {magnification}X in this dataset (available: {sorted(index['magnification'].unique().tolist())}).")
+    return sub
+
+
+def _patient_labels(frame: pd.DataFrame) -> pd.Series:
+    """One class per patient (majority of its images) for stratification."""
+    return frame.groupby("patient")["target"].agg(lambda t: int(round(t.mean())))
+
+
+def make_split(index: pd.DataFrame, *, by: str = "patient", test: float = 0.3, val: float = 0.15,
+               seed: int = 0, magnification: int | None = None, name: str = "") -> Split:
+    """Stratified train/val/test split.
+
+    ``by="patient"``: patients of each class are shuffled with ``seed`` and dealt to test and val
+    by the given fractions of *patients* (the official protocol counts patients), at least one per
+    class where the class has three or more; the rest train. ``by="image"``: images are split at
+    random, stratified by class; patients leak (see :meth:`Split.leaking_patients`).
+    ``test``/``val`` are fractions of the whole. ``magnification`` restricts to one.
+    """
+    if by not in ("patient", "image"):
+        raise DataError(f"split mode {by!r} is unknown: use 'patient' or 'image'.")
+    if not (0 < test < 1) or not (0 <= val < 1) or test + val >= 1:
+        raise DataError(f"fractions test={test}, val={val} must be in (0, 1) and leave room for training.")
+    frame = _select(index, magnification)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[str]] = {p: [] for p in PARTS}
+    if by == "patient":
+        labels = _patient_labels(frame)
+        assignment: dict[str, str] = {}
+        for cls in sorted(labels.unique()):
+            pats = sorted(labels[labels == cls].index)
+            rng.shuffle(pats)
+            n = len(pats)
+            n_test = int(round(test * n))
+            n_val = int(round(val * n))
+            if n >= 3:  # every part sees both classes when the class allows it
+                n_test = max(n_test, 1)
+                n_val = max(n_val, 1) if val > 0 else 0
+            while n_test + n_val >= n and n > 0:  # keep at least one training patient
+                if n_val > 0:
+                    n_val -= 1
+                elif n_test > 0:
+                    n_test -= 1
+            for i, pat in enumerate(pats):
+                assignment[pat] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+        for image_id, pat in zip(frame["image_id"], frame["patient"]):
+            parts[assignment[pat]].append(image_id)
+    else:
+        for cls in sorted(frame["target"].unique()):
+            ids = sorted(frame.loc[frame["target"] == cls, "image_id"])
+            rng.shuffle(ids)
+            n = len(ids)
+            n_test, n_val = int(round(test * n)), int(round(val * n))
+            parts["test"] += ids[:n_test]
+            parts["val"] += ids[n_test:n_test + n_val]
+            parts["train"] += ids[n_test + n_val:]
+    parts = {p: sorted(v) for p, v in parts.items()}
+    split = Split(by=by, parts=parts, seed=seed, test_fraction=test, val_fraction=val,
+                  magnification=magnification, name=name or f"{by}-seed{seed}" + (f"-{magnification}X" if magnification else ""))
+    if by == "patient":
+        split.assert_patient_disjoint()
+    return split
+
+
+def official_trials(index: pd.DataFrame, *, n_trials: int = 5, test: float = 0.3, val: float = 0.0,
+                    seed: int = 0, magnification: int | None = None) -> list[Split]:
+    """The BreakHis protocol: ``n_trials`` random 70/30 patient-wise splits (seeds seed..seed+n-1)."""
+    return [make_split(index, by="patient", test=test, val=val, seed=seed + t, magnification=magnification,
+                       name=f"official-trial{t + 1}" + (f"-{magnification}X" if magnification else ""))
+            for t in range(n_trials)]
+
+
+def kfold(index: pd.DataFrame, *, k: int = 5, seed: int = 0, magnification: int | None = None,
+          by: str = "patient") -> list[Split]:
+    """k folds, stratified by class; patient folds use scikit-learn's StratifiedGroupKFold."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    frame = _select(index, magnification).reset_index(drop=True)
+    if by == "patient":
+        n_pat = frame["patient"].nunique()
+        if n_pat < k:
+            raise DataError(f"{k}-fold by patient needs at least {k} patients; this data has {n_pat}.")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        folds = splitter.split(frame, frame["target"], groups=frame["patient"])
+    else:
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(frame, frame["target"])
+    out = []
+    for f, (tr, te) in enumerate(folds):
+        parts = {"train": sorted(frame.loc[tr, "image_id"]), "val": [], "test": sorted(frame.loc[te, "image_id"])}
+        split = Split(by=by, parts=parts, seed=seed, test_fraction=round(1 / k, 4), magnification=magnification,
+                      name=f"{by}-fold{f + 1}of{k}", meta={"fold": f, "k": k})
+        if by == "patient":
+            split.assert_patient_disjoint()
+        out.append(split)
+    return out
