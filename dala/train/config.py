@@ -1,0 +1,106 @@
+"""The training configuration: one small dataclass shared by the CLI, notebooks and the app.
+
+It round-trips through JSON (``config.json`` in every run folder), so a run can be restarted,
+resumed or reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from dala.errors import RunError
+
+IMBALANCE_STRATEGIES = ("none", "class_weight", "sampler", "focal", "oversample")
+MODES = ("quick", "full")
+SPLIT_MODES = ("patient", "image")
+SELECT_METRICS = ("gmean", "balanced_accuracy", "accuracy", "iba", "f1_macro", "mcc", "roc_auc", "val_loss")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_root: str | None = None  # None: the embedded synthetic default
+    magnification: int | None = None  # None: all four together
+    split_mode: str = "patient"  # "image" leaks patients: kept for the lesson
+    split_file: str | None = None  # a saved split (JSON) to use instead of making one
+    test_fraction: float = 0.3
+    val_fraction: float = 0.15
+    max_train_images: int | None = None  # subsample training images (classroom speed)
+    # imbalance lab
+    imbalance: str = "none"  # none | class_weight | sampler | focal | oversample
+    focal_gamma: float = 2.0
+    target_ratio: float | None = None  # benign:malignant in the training set (e.g. 0.25 = 1:4), by subsampling
+    # model
+    model: str = "dala_resnet50"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
+    image_size: int | None = None  # None: the model's default input size
+    # optimisation
+    mode: str = "quick"  # quick: frozen cached stem, train the top; full: fine-tune everything
+    quick_views: int = 8  # dihedral views cached per training image in quick mode (1..8)
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | none
+    early_stopping: int = 0  # patience in epochs; 0 = off
+    select_metric: str = "gmean"  # model selection on validation
+    # machinery
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    num_workers: int | None = None  # None: 0 on CPU, 4 on GPU
+    log_every: int = 5  # steps between step records
+    n_tiles: int = 8  # validation tiles whose predictions are logged every epoch
+    name: str = ""
+
+    def validate(self) -> "TrainConfig":
+        def bad(msg: str) -> None:
+            raise RunError(msg)
+
+        if self.imbalance not in IMBALANCE_STRATEGIES:
+            bad(f"imbalance strategy {self.imbalance!r} is unknown: use one of {', '.join(IMBALANCE_STRATEGIES)}.")
+        if self.mode not in MODES:
+            bad(f"mode {self.mode!r} is unknown: use 'quick' (frozen cached stem) or 'full' (fine-tune).")
+        if self.split_mode not in SPLIT_MODES:
+            bad(f"split mode {self.split_mode!r} is unknown: use 'patient' or 'image'.")
+        if self.select_metric not in SELECT_METRICS:
+            bad(f"select_metric {self.select_metric!r} is unknown: use one of {', '.join(SELECT_METRICS)}.")
+        if self.magnification not in (None, 40, 100, 200, 400):
+            bad(f"magnification {self.magnification} is not one of 40, 100, 200, 400 (or None for all).")
+        if self.epochs < 1 or self.batch_size < 1:
+            bad("epochs and batch_size must be at least 1.")
+        if not (0 < self.lr < 10):
+            bad(f"learning rate {self.lr} is out of range (0, 10).")
+        if self.target_ratio is not None and not (0 < self.target_ratio <= 20):
+            bad(f"target benign:malignant ratio {self.target_ratio} must be in (0, 20].")
+        if not (1 <= self.quick_views <= 8):
+            bad("quick_views must be between 1 and 8 (the dihedral group has 8 views).")
+        if self.image_size is not None and self.image_size < 16:
+            bad(f"image size {self.image_size} is too small (at least 16 px).")
+        if self.scheduler not in ("cosine", "none"):
+            bad(f"scheduler {self.scheduler!r} is unknown: use 'cosine' or 'none'.")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            bad(f"precision {self.precision!r} is unknown: use auto, fp32, bf16 or fp16.")
+        from dala.models import list_models
+
+        if self.model not in list_models():
+            bad(f"model {self.model!r} is not in the registry: choose one of {', '.join(list_models())}.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise RunError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}.")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

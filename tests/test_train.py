@@ -1,0 +1,184 @@
+"""The training engine: one loop, run folders, control, resume, DDP, the imbalance lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dala.cli import main as cli
+from dala.errors import RunError
+from dala.io import read_jsonl
+from dala.train import TrainConfig, read_run, run_training, send_control, start_run, wait_for
+from dala.train.imbalance import FocalLoss, class_weights, oversample_indices, subsample_to_ratio
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(root, **kw) -> TrainConfig:
+    base = dict(data_root=str(root), model="tiny_cnn", pretrained=False, image_size=48, epochs=3, batch_size=16,
+                lr=3e-3, quick_views=2, log_every=1, n_tiles=4)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_tiny_run_learns_and_writes_every_file(tiny_synth_root, tmp_path, mode):
+    run = tmp_path / "run"
+    report = run_training(tiny_config(tiny_synth_root, mode=mode, epochs=4), run, progress=False)
+    for name in ("config.json", "split.json", "metrics.jsonl", "status.json", "val_tiles.json", "report.json",
+                 "checkpoints/best/model.safetensors", "checkpoints/best/config.json",
+                 "checkpoints/last/model.safetensors", "checkpoints/last/optimizer.safetensors",
+                 "checkpoints/last/trainer_state.json"):
+        assert (run / name).exists(), name
+    records = read_jsonl(run / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]  # it learns
+    assert {"val_loss", "val_accuracy", "val_gmean", "val_balanced_accuracy"} <= set(epochs[0])
+    assert any(r["kind"] == "step" for r in records)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished"
+    assert report["test"]["n"] > 0 and "confusion_matrix" in report["test"]
+    assert report["split"]["by"] == "patient" and report["split"]["leaking_patients"] == 0
+    assert report["weight_source"].startswith("random")
+    tiles = json.loads((run / "val_tiles.json").read_text())
+    assert len(tiles["tiles"]) == 4 and len(tiles["epochs"]) == 4
+    view = read_run(run)
+    assert view.state == "finished" and view.has_checkpoint and len(view.epochs) == 4
+
+
+def test_imbalance_strategies_and_ratio_recorded(tiny_synth_root, tmp_path):
+    for strategy in ("class_weight", "sampler", "focal", "oversample"):
+        cfg = tiny_config(tiny_synth_root, imbalance=strategy, epochs=1, target_ratio=1.0)
+        report = run_training(cfg, tmp_path / strategy, progress=False)
+        assert report["config"]["imbalance"] == strategy and report["config"]["target_ratio"] == 1.0
+        counts = report["train_class_counts"]
+        assert counts["benign"] == counts["malignant"]  # the ratio slider subsampled to 1:1
+
+
+def test_imbalance_pieces():
+    frame = pd.DataFrame({"target": [0] * 10 + [1] * 30})
+    assert (subsample_to_ratio(frame, 0.5)["target"].value_counts().to_dict()) == {1: 20, 0: 10}
+    assert (subsample_to_ratio(frame, 0.1)["target"].value_counts().to_dict()) == {1: 30, 0: 3}
+    w = class_weights(frame["target"])
+    assert w[0] == pytest.approx(40 / (2 * 10)) and w[1] == pytest.approx(40 / (2 * 30))
+    idx = oversample_indices(frame["target"].to_numpy())
+    assert np.bincount(frame["target"].to_numpy()[idx]).tolist() == [30, 30]
+    logits = torch.tensor([[4.0, -4.0], [0.0, 0.0]])
+    y = torch.tensor([0, 0])
+    focal, ce = FocalLoss(gamma=2.0)(logits, y), torch.nn.functional.cross_entropy(logits, y)
+    assert focal < ce  # easy examples are down-weighted
+    assert FocalLoss(gamma=0.0)(logits, y) == pytest.approx(float(ce))
+
+
+def test_config_validation_messages(tiny_synth_root):
+    with pytest.raises(RunError, match="imbalance strategy"):
+        tiny_config(tiny_synth_root, imbalance="magic").validate()
+    with pytest.raises(RunError, match="registry"):
+        tiny_config(tiny_synth_root, model="resnet9000").validate()
+    with pytest.raises(RunError, match="unknown training option"):
+        TrainConfig.from_dict({"epochz": 3})
+    cfg = tiny_config(tiny_synth_root)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def _wait(pred, timeout=120, poll=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(poll)
+    raise TimeoutError("condition not met in time")
+
+
+def test_background_run_pause_resume_stop(tiny_synth_root, tmp_path):
+    cfg = tiny_config(tiny_synth_root, epochs=200, mode="quick")
+    run = start_run(cfg, runs_root=tmp_path / "runs")
+    _wait(lambda: read_run(run).status.get("step", 0) >= 3)
+    send_control(run, "pause")
+    _wait(lambda: read_run(run).state == "paused", timeout=30)
+    step = read_run(run).status["step"]
+    time.sleep(1.0)
+    assert read_run(run).status["step"] == step  # really paused
+    send_control(run, "resume")
+    _wait(lambda: read_run(run).status.get("step", 0) > step, timeout=30)
+    send_control(run, "stop")
+    view = wait_for(run, timeout=30)
+    assert view.state == "stopped"
+    assert view.status["epoch"] < 200
+
+
+def test_sigkill_then_resume(tiny_synth_root, tmp_path):
+    cfg = tiny_config(tiny_synth_root, epochs=60)
+    run = start_run(cfg, runs_root=tmp_path / "runs")
+    _wait(lambda: (run / "checkpoints" / "last" / "trainer_state.json").exists() and read_run(run).status.get("epoch", 0) >= 2)
+    os.killpg(read_run(run).status["pid"], signal.SIGKILL)
+    _wait(lambda: read_run(run).state == "failed", timeout=30)
+    assert "resume" in read_run(run).status["error"]
+    done = json.loads((run / "checkpoints" / "last" / "trainer_state.json").read_text())["epoch"]
+    # resume in the foreground through the CLI, for only a few more epochs
+    cfg_path = run / "config.json"
+    d = json.loads(cfg_path.read_text())
+    d["epochs"] = done + 2
+    cfg_path.write_text(json.dumps(d))
+    assert cli(["train", "--resume", "--run-dir", str(run), "--no-progress"]) == 0
+    epochs = [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert epochs == list(range(1, done + 3))  # nothing repeated, nothing lost
+    assert read_run(run).state == "finished"
+
+
+def test_queue_runs_one_at_a_time(tiny_synth_root, tmp_path):
+    root = tmp_path / "runs"
+    first = start_run(tiny_config(tiny_synth_root, epochs=200), runs_root=root)
+    _wait(lambda: read_run(first).state == "running")
+    second = start_run(tiny_config(tiny_synth_root, epochs=1), runs_root=root)
+    _wait(lambda: read_run(second).state == "queued")
+    time.sleep(1.0)
+    view = read_run(second)
+    assert view.state == "queued" and view.queue_position == 1
+    send_control(first, "stop")
+    assert wait_for(second, timeout=120).state == "finished"
+
+
+def test_ddp_two_processes_gloo(tiny_synth_root, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dala", "train",
+           "--data", str(tiny_synth_root), "--model", "tiny_cnn", "--no-pretrained", "--image-size", "48", "--epochs", "2",
+           "--batch-size", "8", "--quick-views", "2", "--device", "cpu", "--run-dir", str(run), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    assert report["world_size"] == 2
+    epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # rank 0 alone wrote: no duplicate records
+    assert (run / "checkpoints" / "best" / "model.safetensors").exists()
+
+
+def test_cli_train_evaluate_predict(tiny_synth_root, tmp_path, capsys):
+    run = tmp_path / "cli-run"
+    assert cli(["train", "--data", str(tiny_synth_root), "--model", "tiny_cnn", "--no-pretrained", "--image-size", "48",
+                "--epochs", "1", "--run-dir", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "test (patient-level split" in out and "GMean" in out
+    assert cli(["evaluate", "--run", str(run), "--out", str(tmp_path / "eval.json")]) == 0
+    assert "balanced acc" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "eval.json").read_text())
+    assert rep["n"] == json.loads((run / "report.json").read_text())["test"]["n"]
+    images = sorted(str(p) for p in Path(tiny_synth_root).rglob("SOB_*.png") if "masks" not in p.parts)[:3]
+    assert cli(["predict", "--run", str(run), *images]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("image,prediction,p_benign,p_malignant") and len(lines) == 4
+    assert cli(["train", "--data", str(tiny_synth_root), "--imbalance", "magic"]) == 2  # argparse choice error
+    assert cli(["predict", "--run", str(tmp_path / "nothing"), images[0]]) == 2
+    assert "does not exist" in capsys.readouterr().err
