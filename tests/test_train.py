@@ -179,6 +179,8 @@ def test_cli_train_evaluate_predict(tiny_synth_root, tmp_path, capsys):
     assert cli(["predict", "--run", str(run), *images]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("image,prediction,p_benign,p_malignant") and len(lines) == 4
-    assert cli(["train", "--data", str(tiny_synth_root), "--imbalance", "magic"]) == 2  # argparse choice error
+    with pytest.raises(SystemExit) as exit_info:  # argparse names the valid choices
+        cli(["train", "--data", str(tiny_synth_root), "--imbalance", "magic"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert cli(["predict", "--run", str(tmp_path / "nothing"), images[0]]) == 2
     assert "does not exist" in capsys.readouterr().err
