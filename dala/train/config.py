@@ -42,7 +42,7 @@ class TrainConfig:
     quick_views: int = 8  # dihedral views cached per training image in quick mode (1..8)
     epochs: int = 5
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-4  # AdamW; 1e-3 makes the freshly initialised head jump (all-positive pooled inputs)
     weight_decay: float = 1e-4
     scheduler: str = "cosine"  # cosine | none
     early_stopping: int = 0  # patience in epochs; 0 = off

@@ -188,13 +188,10 @@ def extract_features(stem: torch.nn.Module, frame: pd.DataFrame, *, size: int, m
                      on_progress=None) -> torch.Tensor:
     """Stem outputs for every image and view: a (N, V, ...) tensor stored in half precision
     (bf16/fp16 halves the memory; the top trains in autocast anyway)."""
-    transform = build_transform("eval", size=size, mean=mean, std=std)
-    ds = BreakHisDataset(frame, transform=transform)
     store_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
     out: torch.Tensor | None = None
-    n, done = len(ds), 0
-    for start in range(0, n, batch_size):
-        x = torch.stack([ds[i][0] for i in range(start, min(n, start + batch_size))])  # (B, 3, S, S)
+    n, start = len(frame), 0
+    for x in image_batches(frame, size=size, mean=mean, std=std, batch_size=batch_size):  # (B, 3, S, S)
         feats = []
         for v in views:
             xv = dihedral(x, v).to(device)
@@ -207,11 +204,58 @@ def extract_features(stem: torch.nn.Module, frame: pd.DataFrame, *, size: int, m
         if out is None:
             out = torch.empty((n, *f.shape[1:]), dtype=store_dtype)
         out[start:start + len(f)] = f
-        done += len(f)
+        start += len(f)
         if on_progress:
-            on_progress(done, n)
+            on_progress(start, n)
     assert out is not None
     return out
+
+
+def batchnorm_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def calibrate_batchnorm(module: torch.nn.Module, batches, *, device: torch.device, dtype: torch.dtype | None,
+                        channels_last: bool = False) -> int:
+    """Recompute ``module``'s BatchNorm statistics as an exact average over ``batches``
+    (like ``torch.optim.swa_utils.update_bn``); returns the number of layers recalibrated.
+
+    Why, in quick mode: (1) the top -- a classroom run has a handful of steps per epoch, far too
+    few for BatchNorm's running averages (momentum 0.1) to settle, so evaluation would normalise
+    with stale statistics and predict one class; quick mode calibrates the top once on the cached
+    features and trains with those statistics frozen (affine parameters still learn), so
+    training and evaluation see the same normalisation. (2) a *random* stem (offline, no
+    pretrained weights) has BatchNorm statistics of mean 0 and variance 1 that match nothing, so
+    activations blow up through 40 layers; calibrating them on the training images is a
+    data-dependent initialisation that makes random features well scaled.
+    """
+    bns = batchnorm_layers(module)
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = module.training
+    module.train()
+    for x in batches:
+        x = x.to(device)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            module(x)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    module.train(was_training)
+    return len(bns)
+
+
+def image_batches(frame: pd.DataFrame, *, size: int, mean, std, batch_size: int):
+    """(B, 3, S, S) eval-transformed image batches over a frame."""
+    ds = BreakHisDataset(frame, transform=build_transform("eval", size=size, mean=mean, std=std))
+    for start in range(0, len(ds), batch_size):
+        yield torch.stack([ds[i][0] for i in range(start, min(len(ds), start + batch_size))])
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -374,9 +418,20 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
                                         on_progress=lambda d, n: folder.update_status(phase=f"caching stem features ({label}) {d}/{n}"))
 
             t_feat = time.time()
+            random_stem = getattr(model, "dala_config", {}).get("weight_source", "random").startswith("random")
+            if random_stem and not resume:  # see calibrate_batchnorm: a data-dependent init for random features
+                folder.update_status(phase="calibrating the random stem's BatchNorm on training images")
+                calibrate_batchnorm(stem, image_batches(data.train, size=size, mean=mean, std=std, batch_size=config.batch_size),
+                                    device=device, dtype=dtype, channels_last=conv_net)
+                stem.eval()
             train_feats = feats(data.train, views, "train")
             val_feats = feats(data.val, [0], "val") if len(data.val) else None
             feature_time = time.time() - t_feat
+            if not resume:
+                calibrate_batchnorm(trainable, (train_feats[i:i + config.batch_size, 0]
+                                                for i in range(0, len(train_feats), config.batch_size)),
+                                    device=device, dtype=dtype)
+            frozen_bn = batchnorm_layers(trainable)
         else:
             trainable = model
             feature_time = 0.0
@@ -454,6 +509,8 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             ddp_module.train()
             if config.mode == "quick":
                 stem.eval()
+                for m in frozen_bn:  # statistics calibrated once (calibrate_batchnorm), kept fixed
+                    m.eval()
             order = epoch_indices(targets, config.imbalance, seed=config.seed, epoch=epoch, dist=dist)
             gen = torch.Generator().manual_seed(config.seed * 7919 + epoch * 31 + dist.rank)
             run_loss = run_correct = run_n = 0.0
