@@ -97,3 +97,17 @@ def test_dataset_with_cache(real_samples):
     assert torch.equal(x, x2)
     assert len(ds) == 14 and sorted(set(ds.targets)) == [0, 1]
     assert isinstance(idx, pd.DataFrame)
+
+
+def test_decompression_bomb_header_is_refused_cleanly():
+    import struct
+    import zlib
+
+    png = bytearray(_bytes(Image.new("L", (1, 1))))
+    # rewrite the IHDR chunk to claim 30000 x 30000 pixels (and fix its CRC): a header-only bomb
+    ihdr = png.index(b"IHDR")
+    png[ihdr + 4:ihdr + 12] = struct.pack(">II", 30000, 30000)
+    png[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(png[ihdr:ihdr + 17])))
+    with pytest.raises(ImageInputError, match="dimensions|pixel limit"):
+        load_rgb(bytes(png))
+

@@ -184,3 +184,12 @@ def test_cli_train_evaluate_predict(tiny_synth_root, tmp_path, capsys):
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert cli(["predict", "--run", str(tmp_path / "nothing"), images[0]]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_run_that_dies_while_queued_is_reported(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "status.json").write_text(json.dumps({"state": "queued", "pid": 2 ** 22 + 12345}))
+    view = read_run(run)
+    assert view.state == "failed" and "resume" in view.status["error"]

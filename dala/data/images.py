@@ -36,6 +36,8 @@ def load_rgb(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: int
             raise ImageInputError(f"{label} is empty (0 bytes): choose a PNG, JPEG or TIFF image.")
         try:
             im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise ImageInputError(f"{label} claims absurd dimensions ({exc}): downscale it (BreakHis images are 700x460).") from exc
         except UnidentifiedImageError as exc:
             raise ImageInputError(f"{label} is not an image PIL can read: upload a PNG, JPEG or TIFF file.") from exc
         w, h = im.size

@@ -367,10 +367,10 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint or run folder.")
-    if (p / "config.json").is_file() or (p / "model.safetensors").is_file():
+    if (p / "model.safetensors").is_file():
         return p
     for cand in (p / "checkpoints" / "best", p / "checkpoints" / "last", p / "best", p / "last"):
-        if (cand / "config.json").is_file() or (cand / "model.safetensors").is_file():
+        if (cand / "model.safetensors").is_file():
             return cand
     raise CheckpointError(f"{p} holds no checkpoint (config.json + model.safetensors), nor checkpoints/best or "
                           "checkpoints/last: point --checkpoint at a checkpoint folder or --run at a training run "
