@@ -134,6 +134,20 @@ def dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- data
 
+class EpochOrder(torch.utils.data.Sampler):
+    """The DataLoader's sampler: yields whatever order the loop set for this epoch (see
+    :func:`epoch_indices`), so persistent workers survive across epochs."""
+
+    def __init__(self):
+        self.order: list[int] = []
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 @dataclass
 class RunData:
     root: Path
@@ -437,6 +451,14 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             feature_time = 0.0
             train_ds = BreakHisDataset(data.train, transform=build_transform("train", size=size, mean=mean, std=std),
                                        cache=True, cache_size=size)
+            folder.update_status(phase="decoding training images")
+            train_ds.preload(threads=min(8, os.cpu_count() or 1),
+                             on_progress=lambda d, n: folder.update_status(phase=f"decoding training images {d}/{n}"))
+            epoch_order = EpochOrder()
+            workers = config.num_workers if config.num_workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+            loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=epoch_order,
+                                                 num_workers=workers, pin_memory=device.type == "cuda",
+                                                 persistent_workers=workers > 0, drop_last=False)
         targets = data.train["target"].to_numpy()
         params = [p for p in trainable.parameters() if p.requires_grad]
         n_trainable = sum(p.numel() for p in params)
@@ -515,15 +537,19 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             gen = torch.Generator().manual_seed(config.seed * 7919 + epoch * 31 + dist.rank)
             run_loss = run_correct = run_n = 0.0
             step_in_epoch = 0
+            if config.mode == "full":
+                epoch_order.order = order.tolist()
+                batches = iter(loader)
             for start in range(0, len(order), config.batch_size):
                 _check_control(folder, dist, config)
                 idx = order[start:start + config.batch_size]
-                y = torch.as_tensor(targets[idx], device=device)
                 if config.mode == "quick":
+                    y = torch.as_tensor(targets[idx], device=device)
                     view = torch.randint(0, train_feats.shape[1], (len(idx),), generator=gen)
-                    x = train_feats[torch.as_tensor(idx), view].to(device)  # (B, ...) stem features
+                    x = train_feats[torch.as_tensor(idx), view].to(device, non_blocking=True)  # (B, ...) stem features
                 else:
-                    x = torch.stack([train_ds[int(i)][0] for i in idx]).to(device)  # (B, 3, S, S)
+                    x, y = next(batches)  # (B, 3, S, S), (B,): the loader follows epoch_order
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     if conv_net:
                         x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, dtype):
