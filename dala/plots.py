@@ -443,3 +443,85 @@ def leakage_pairs(runs: Sequence[Mapping]) -> list[tuple[str, str, dict]]:
 
                 out.append((pat["name"], img["name"], {"patient": acc(pat), "image": acc(img)}))
     return out
+
+
+# ----------------------------------------------------------------------------------- notebooks
+def _png_data_uri(image: Any, max_side: int) -> tuple[str, int, int]:
+    """A uint8 RGB image as a PNG data URI, shrunk to ``max_side`` (a picture, not a pixel array:
+    a 350x230 field as a JSON array would weigh a megabyte in a notebook)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        a = (np.clip(a.astype(np.float32), 0, 1) * 255).round().astype(np.uint8) if a.max() <= 1 else a.astype(np.uint8)
+    im = Image.fromarray(a[..., :3] if a.ndim == 3 else a).convert("RGB")
+    im.thumbnail((max_side, max_side), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), im.width, im.height
+
+
+def image_grid_figure(images: Sequence[Any], titles: Sequence[str] | None = None, *, cols: int = 4, title: str = "",
+                      max_side: int = 256, tile_height: int = 190) -> go.Figure:
+    """RGB images (H x W x 3 uint8 arrays or PIL images) in a grid, a caption over each. Images are
+    embedded as PNG thumbnails (``max_side`` px), so a notebook of fields stays small."""
+    from plotly.subplots import make_subplots
+
+    n = len(images)
+    cols = max(1, min(cols, n or 1))
+    rows = max(1, math.ceil(n / cols))
+    caps = [str(t) for t in titles] if titles is not None else [""] * n
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=caps + [""] * (rows * cols - n),
+                        horizontal_spacing=0.01, vertical_spacing=min(0.3 / rows, 0.08))
+    for i, im in enumerate(images):
+        uri, w, h = _png_data_uri(im, max_side)
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Image(source=uri, hoverinfo="skip"), row=r, col=c)
+        fig.update_xaxes(range=[0, w], row=r, col=c)
+        fig.update_yaxes(range=[h, 0], scaleanchor=f"x{i + 1 if i else ''}", row=r, col=c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=rows * tile_height + (70 if title else 30),
+                      margin=dict(l=5, r=5, t=70 if title else 30, b=5), showlegend=False)
+    return fig
+
+
+def metric_sweep_figure(table: pd.DataFrame, *, x: str, metrics: Sequence[str] = ("accuracy", "gmean", "iba"),
+                        title: str = "", x_title: str | None = None, reverse_x: bool = False) -> go.Figure:
+    """One line per metric against a swept setting (``table``: one row per run, a column ``x`` and
+    one column per metric). The imbalance lab: accuracy against GMean and IBA as the training
+    set's benign:malignant ratio falls (``reverse_x=True`` draws the ratio falling to the right)."""
+    fig = _fig(title or f"Test metrics against {x}")
+    t = table.sort_values(x) if pd.api.types.is_numeric_dtype(table[x]) else table
+    styles = {"accuracy": ("#1f77b4", "solid"), "gmean": ("#2ca02c", "dash"), "iba": ("#d62728", "dot"),
+              "balanced_accuracy": ("#9467bd", "dashdot")}
+    for i, m in enumerate(metrics):
+        colour, dash = styles.get(m, (SERIES_COLOURS[i % len(SERIES_COLOURS)], "solid"))
+        fig.add_scatter(x=t[x].tolist(), y=pd.to_numeric(t[m], errors="coerce").tolist(), name=m, mode="lines+markers",
+                        line=dict(color=colour, dash=dash))
+    fig.update_layout(xaxis=dict(title=x_title or x, autorange="reversed" if reverse_x else True, type="category"
+                                 if not pd.api.types.is_numeric_dtype(t[x]) else "linear"),
+                      yaxis=dict(title="score (test)", range=[0, 1.02]))
+    return fig
+
+
+def faithfulness_figure(scores: pd.DataFrame, *, title: str = "Does the map point at the lesion? (mean over malignant test images)") -> go.Figure:
+    """Grouped bars per explanation method of the mean ``pointing``, ``energy_inside`` and ``iou``
+    (rows of ``dala.explain.faithfulness.score_explanation`` with a ``method`` column), with the
+    chance level of energy-inside (the lesions' mean area share, ``mask_fraction``) as a line."""
+    fig = _fig(title, barmode="group")
+    means = scores.groupby("method", sort=False)[["pointing", "energy_inside", "iou", "mask_fraction"]].mean()
+    for i, (key, name) in enumerate((("pointing", "pointing game (hit rate)"), ("energy_inside", "energy inside mask"),
+                                     ("iou", "IoU of the DT region"))):
+        fig.add_bar(x=means.index.tolist(), y=means[key].tolist(), name=name, marker_color=SERIES_COLOURS[i],
+                    text=[f"{v:.2f}" for v in means[key]], textposition="auto")
+    chance = float(scores["mask_fraction"].mean()) if len(scores) else float("nan")
+    if np.isfinite(chance):
+        fig.add_hline(y=chance, line=dict(color="#555", dash="dash"),
+                      annotation_text=f"chance (lesion area share {chance:.2f})", annotation_position="top left")
+    fig.update_layout(xaxis_title="method", yaxis=dict(title="score", range=[0, 1.05]))
+    return fig

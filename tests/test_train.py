@@ -193,3 +193,11 @@ def test_run_that_dies_while_queued_is_reported(tmp_path):
     (run / "status.json").write_text(json.dumps({"state": "queued", "pid": 2 ** 22 + 12345}))
     view = read_run(run)
     assert view.state == "failed" and "resume" in view.status["error"]
+
+
+def test_checkpoint_records_the_trained_input_size(tiny_synth_root, tmp_path):
+    from dala.models.checkpoint import load_checkpoint
+
+    run_training(tiny_config(tiny_synth_root, image_size=40, epochs=1), tmp_path / "run", progress=False)
+    model, cfg = load_checkpoint(tmp_path / "run" / "checkpoints" / "best")
+    assert cfg["input_size"] == 40 and model.dala_config["input_size"] == 40

@@ -413,6 +413,9 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
         size = config.image_size or spec.input_size_for(config.model_options)
         mean, std = spec.mean, spec.std
         conv_net = config.channels_last and device.type != "mps"
+        # checkpoints must say the size the model was trained at (explain and predict resize to it)
+        if hasattr(model, "dala_config"):
+            model.dala_config["input_size"] = size
         model.to(device)
         if conv_net:
             model.to(memory_format=torch.channels_last)
@@ -620,7 +623,7 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
                 save_training_state(folder.last_dir, optimizer, scheduler,
                                     {"epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "stale": stale})
                 folder.update_status(phase="training", epoch=epoch, last_epoch=record)
-                if rep is not None:
+                if rep is not None and progress:
                     bar.write(f"epoch {epoch}: train loss {record['train_loss']:.3f}  val loss {record['val_loss']:.3f}  "
                               f"val acc {record['val_accuracy']:.3f}  val GMean {record['val_gmean'] or 0:.3f}"
                               + ("  *best*" if improved else ""))
