@@ -16,12 +16,16 @@ quick-mode epoch over 500 images at 224 px <= 15 s from the cache.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def plain_loop(frame, *, steps: int, batch: int, size: int) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dala import plots
+from dala.errors import DalaError
 from dala.metrics import HEADLINE_METRICS, METRIC_HELP
 from dala.train import list_runs
 from pages import _common as ui
@@ -14,20 +15,69 @@ ui.require_entrypoint()
 st.title("Compare runs")
 runs_root = ui.runs_root()
 finished = [r for r in list_runs(runs_root) if r.report and r.report.get("test")]
-if not finished:
+labels = {r.name: plots.run_label(r.config, r.name) for r in finished}
+by_name = {r.name: r for r in finished}
+picked = st.multiselect("Runs", list(labels), default=list(labels)[:6], format_func=labels.get, key="cmp_runs") if finished else []
+runs = [{"name": n, "config": by_name[n].config, "report": by_name[n].report, "epochs": by_name[n].epochs}
+        for n in picked]
+
+
+@st.cache_data(ttl=600, show_spinner="Fetching the published report (local cache first)...")
+def _hub_record(repo: str, revision: str, subfolder: str | None) -> dict:
+    from dala.hub import hub_run_record
+
+    return hub_run_record(repo, revision=revision, subfolder=subfolder)
+
+
+with st.expander("Add a published checkpoint from the Hugging Face Hub"):
+    from dala.hub import default_repo_id
+
+    c = st.columns([3, 1, 1])
+    hub_repo = c[0].text_input("Hub repo id", value=default_repo_id() or "", key="cmp_hub",
+                               placeholder="user/dala-resnet50-breakhis")
+    hub_sub = c[1].text_input("Subfolder", key="cmp_hub_sub", placeholder="40X")
+    hub_rev = c[2].text_input("Revision", value="main", key="cmp_hub_rev")
+    if hub_repo.strip():
+        try:
+            runs.append(_hub_record(hub_repo.strip(), hub_rev.strip() or "main", hub_sub.strip() or None))
+        except DalaError as exc:
+            ui.show_error(exc, what="Cannot add that Hub checkpoint")
+
+
+def leaderboard() -> None:
+    """The shared class leaderboard (one JSON file under DALA_HOME, written atomically under a lock)."""
+    from dala.hosting import read_leaderboard, submit_to_leaderboard
+
+    st.subheader("Class leaderboard")
+    if finished:
+        with st.form("lb_form"):
+            c = st.columns([2, 3, 1])
+            nick = c[0].text_input("Nickname", max_chars=32, key="lb_nick")
+            run_name = c[1].selectbox("Run", list(by_name), format_func=labels.get, key="lb_run")
+            if c[2].form_submit_button("Submit"):
+                try:
+                    submit_to_leaderboard(by_name[run_name].path, nickname=nick)
+                    st.toast("Submitted to the class leaderboard")
+                except DalaError as exc:
+                    ui.show_error(exc)
+    board = read_leaderboard()
+    if board:
+        import pandas as pd
+
+        st.dataframe(pd.DataFrame([{"nickname": e["nickname"], "model": e["model"], "split": e["split_mode"],
+                                    "data": e["data_label"], **e["metrics"]} for e in board]),
+                     hide_index=True, key="lb_table")
+        st.caption("Test metrics as measured by each run, best GMean first; synthetic-data rows teach the method only.")
+    else:
+        st.caption("No entries yet: submit a finished run.")
+
+
+if not runs:
     st.info(f"No finished runs in `{runs_root}` yet. Train at least one on the Train page; two runs that differ "
             "only by split mode (patient vs image) show the leakage lesson here.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    leaderboard()
     st.stop()
-
-labels = {r.name: plots.run_label(r.config, r.name) for r in finished}
-picked = st.multiselect("Runs", list(labels), default=list(labels)[:6], format_func=labels.get, key="cmp_runs")
-if not picked:
-    st.info("Pick at least one run.")
-    st.stop()
-by_name = {r.name: r for r in finished}
-runs = [{"name": n, "config": by_name[n].config, "report": by_name[n].report, "epochs": by_name[n].epochs}
-        for n in picked]
 
 table = plots.compare_table(runs)
 if (table.get("data") == "synthetic").any():
@@ -86,3 +136,5 @@ for i, r in enumerate(runs):
     cols[i % len(cols)].plotly_chart(
         plots.confusion_matrix_figure(test["confusion_matrix"], test.get("class_names") or ["benign", "malignant"],
                                       title=r["name"][-40:]), key=f"cmp_cm_{i}")
+
+leaderboard()

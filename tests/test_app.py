@@ -430,3 +430,21 @@ def test_hosted_mode_refuses_server_folders_and_keeps_runs_per_visitor(monkeypat
     ok(at)
     assert any("No finished runs" in i.value for i in at.info)  # the shared runs are not this visitor's
     assert (env["runs"] / visitor[0] if isinstance(visitor, list) else env["runs"] / visitor).is_dir()
+
+
+def test_compare_class_leaderboard_submit_and_hub_row_offline(monkeypatch, env):
+    """The shared leaderboard takes a finished run; a Hub repo id offline gives a clear error."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = ok(app("compare"))
+    assert any("No entries yet" in c.value for c in at.caption)
+    at.text_input(key="lb_nick").set_value("team-a")
+    at.button[[b.proto.label for b in at.button].index("Submit")].click().run()
+    ok(at)
+    from dala.hosting import read_leaderboard
+
+    board = read_leaderboard()
+    assert len(board) == 1 and board[0]["nickname"] == "team-a"
+    assert len(at.dataframe) >= 2  # the metric table and the leaderboard
+    at.text_input(key="cmp_hub").set_value("someone/dala-model").run()
+    ok(at)
+    assert any("someone/dala-model" in e.value for e in at.error)
