@@ -201,3 +201,37 @@ def test_checkpoint_records_the_trained_input_size(tiny_synth_root, tmp_path):
     run_training(tiny_config(tiny_synth_root, image_size=40, epochs=1), tmp_path / "run", progress=False)
     model, cfg = load_checkpoint(tmp_path / "run" / "checkpoints" / "best")
     assert cfg["input_size"] == 40 and model.dala_config["input_size"] == 40
+
+
+def test_ctrl_c_in_the_cli_stops_cleanly_and_leaves_a_resumable_run(tiny_synth_root, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dala", "train", "--data", str(tiny_synth_root), "--model", "tiny_cnn", "--no-pretrained",
+           "--image-size", "48", "--epochs", "300", "--quick-views", "1", "--run-dir", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: (run / "checkpoints" / "last" / "trainer_state.json").exists())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Resume with" in err and "Traceback" not in err
+    assert read_run(run).state == "stopped"
+    assert json.loads((run / "checkpoints" / "last" / "trainer_state.json").read_text())["epoch"] >= 1
+
+
+def test_same_seed_same_run_on_cpu(tiny_synth_root, tmp_path):
+    a = run_training(tiny_config(tiny_synth_root, epochs=2), tmp_path / "a", progress=False)
+    b = run_training(tiny_config(tiny_synth_root, epochs=2), tmp_path / "b", progress=False)
+    assert a["test"]["confusion_matrix"] == b["test"]["confusion_matrix"]
+    assert a["test_predictions"]["probs"] == b["test_predictions"]["probs"]
+
+
+def test_early_stopping_stops_and_keeps_the_best(tiny_synth_root, tmp_path):
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_synth_root, epochs=40, early_stopping=2, select_metric="accuracy", lr=1e-5), run,
+                 progress=False)
+    records = read_jsonl(run / "metrics.jsonl")
+    stop = [r for r in records if r["kind"] == "early_stop"]
+    epochs = [r["epoch"] for r in records if r["kind"] == "epoch"]
+    assert stop and max(epochs) < 40 and max(epochs) - stop[0]["best_epoch"] == 2
