@@ -46,13 +46,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=json_default) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line. A single ``write`` of a complete line keeps readers safe: they
     only parse lines that end in a newline (see :func:`read_jsonl`)."""
-    line = json.dumps(record, default=_json_default) + "\n"
+    line = json.dumps(record, default=json_default) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
@@ -81,7 +81,7 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     # numpy scalars/arrays and Paths show up in configs and metrics
     if hasattr(obj, "tolist"):
         return obj.tolist()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dala.errors import CheckpointError
-from dala.io import atomic_path, atomic_write_text
+from dala.io import atomic_path, atomic_write_text, json_default
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -87,7 +87,7 @@ def save_checkpoint(model: Any, folder: str | os.PathLike, *, class_names: Seque
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"{folder} is a file; save_checkpoint writes a folder - pass a folder path")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(config, indent=2, default=_json_default) + "\n"
+    text = json.dumps(config, indent=2, default=json_default) + "\n"
     meta = {"format": "pt", "dala_name": cfg["name"]}
     if folder.exists():
         # update in place, file by file (each atomic), so other files there (optimizer state) stay
@@ -109,14 +109,6 @@ def save_checkpoint(model: Any, folder: str | os.PathLike, *, class_names: Seque
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _resolve_folder(folder: str | os.PathLike) -> Path:

@@ -41,6 +41,22 @@ from dala.models.attention import ATTENTION_KINDS, make_attention
 PLACEMENTS = ("output", "per_block")
 
 
+
+def dual_activated_head(in_features: int, num_classes: int, *, head_dims: Sequence[int] = (512, 256),
+                        leaky_slope: float = 0.01, dropout: float = 0.0) -> nn.Sequential:
+    """The paper's "dual-activated" classifier: FC -> LeakyReLU, then FC -> ReLU for each further
+    hidden layer, then the output FC. Default: Linear(in,512) -> LeakyReLU -> Linear(512,256) ->
+    ReLU -> Linear(256,C)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for i, hidden in enumerate(head_dims):
+        layers += [nn.Linear(width, int(hidden)), nn.LeakyReLU(leaky_slope) if i == 0 else nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = int(hidden)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
 class AttentionBottleneck(Bottleneck):
     """torchvision's ResNet Bottleneck with an attention gate after ``bn3``, before the residual
     add (the SE-ResNet placement). Parameter names of the original block are unchanged, so
@@ -115,17 +131,8 @@ class DALAResNet50(nn.Module):
             self.attention = make_attention(attention, self.feature_dim, reduction=reduction)
 
         self.pool = nn.AdaptiveAvgPool2d(1)
-        layers: list[nn.Module] = []
-        width = self.feature_dim
-        for i, hidden in enumerate(head_dims):
-            layers.append(nn.Linear(width, int(hidden)))
-            # "dual-activated": LeakyReLU after the first FC layer, ReLU after the others
-            layers.append(nn.LeakyReLU(leaky_slope) if i == 0 else nn.ReLU())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = int(hidden)
-        layers.append(nn.Linear(width, num_classes))
-        self.head = nn.Sequential(*layers)
+        self.head = dual_activated_head(self.feature_dim, num_classes, head_dims=head_dims, leaky_slope=leaky_slope,
+                                        dropout=dropout)
         self.num_classes = num_classes
         self._init_new_parts()
 

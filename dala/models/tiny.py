@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dala.models.attention import make_attention
+from dala.models.dala_resnet import dual_activated_head
 
 
 def _stage(cin: int, cout: int) -> nn.Sequential:
@@ -54,15 +55,7 @@ class TinyDALA(nn.Module):
         self.stages = nn.Sequential(*[_stage(a, b) for a, b in zip(chans[:-1], chans[1:])])
         self.attention = make_attention(attention, widths[-1], reduction=16)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        layers: list[nn.Module] = []
-        width = widths[-1]
-        for i, hidden in enumerate(head_dims):
-            layers += [nn.Linear(width, int(hidden)), nn.LeakyReLU(0.01) if i == 0 else nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = int(hidden)
-        layers.append(nn.Linear(width, num_classes))
-        self.head = nn.Sequential(*layers)
+        self.head = dual_activated_head(widths[-1], num_classes, head_dims=head_dims, dropout=dropout)
         self.num_classes = num_classes
         self.stem_stages = len(widths) // 2  # split(): the first half of the stages is the stem
 
