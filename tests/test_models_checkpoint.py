@@ -234,3 +234,23 @@ def test_half_precision_weights_load_into_a_float_model(ckpt, tmp_path):
     save_file(half, str(folder / "model.safetensors"))
     loaded, _ = load_checkpoint(folder)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_round_trip_keeps_trained_batchnorm_statistics(tmp_path):
+    """An untrained model's BatchNorm statistics are the defaults (0, 1), so a round trip of it
+    cannot tell whether running statistics are saved: train them first."""
+    import torch
+
+    from dala.models import create_model
+    from dala.models.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", pretrained=False).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 64, 64) * 3 + 1)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    save_checkpoint(model, tmp_path / "ck", class_names=["benign", "malignant"])
+    loaded, _ = load_checkpoint(tmp_path / "ck")
+    assert torch.equal(model(x), loaded(x))
