@@ -121,14 +121,15 @@ def test_every_page_renders(page, server):
 def test_train_live_stop_and_reattach(page, server):
     goto(page, server, "train")
     page.get_by_role("heading", name="Train a model").wait_for()
-    # full mode, batch 8, 4 epochs: several points per epoch and time to press Stop
+    # full mode, batch 8, 50 epochs: several points per epoch, and the run is surely still going
+    # when Stop is pressed (a run that has already finished cannot show "stopped")
     page.locator("[data-testid='stRadio']").filter(has_text="Mode").get_by_text("full", exact=True).click()
     wait_idle(page)
-    for label, presses, want in (("Epochs", 1, "4"), ("Batch size", 2, "8")):
+    for label, keys, want in (("Epochs", ["End"], "50"), ("Batch size", ["ArrowLeft"] * 2, "8")):
         slider = page.locator("[data-testid='stSlider']").filter(has_text=label).locator("input[type='range']")
         slider.focus()
-        for _ in range(presses):
-            slider.press("ArrowLeft")
+        for key in keys:
+            slider.press(key)
         wait_idle(page)
         assert slider.get_attribute("aria-valuetext") == want
     page.get_by_role("button", name="Start", exact=True).click()
@@ -151,12 +152,13 @@ def test_train_live_stop_and_reattach(page, server):
     assert later > first, "the curve did not grow"
     no_exception(page)
     shot(page, "train_live")
-    # Stop (unless it already finished), then the state says so
-    stop = page.get_by_role("button", name="Stop", exact=True)
-    if stop.count():
-        stop.first.click()
-        page.get_by_text("stopped").first.wait_for(timeout=60_000)
+    # Stop, then the page and the run folder both say so
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    page.get_by_text("stopped").first.wait_for(timeout=60_000)
     run_name = next(p.name for p in Path(server.runs).iterdir() if p.is_dir())
+    from dala.train import read_run
+
+    assert read_run(Path(server.runs) / run_name).state == "stopped"
     # a refresh is a new session: the page finds the run again
     page.reload()
     wait_idle(page)
