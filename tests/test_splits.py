@@ -71,8 +71,9 @@ def test_save_reload_identical(index, tmp_path):
 
 def test_leaking_split_file_raises_naming_patients(index, tmp_path):
     split = make_split(index, by="patient", seed=1)
-    moved = next(i for i in split.parts["train"] if "-13412-" in i)
-    split.parts["test"].append(moved)  # the same patient now on both sides
+    home = next(part for part, ids in split.parts.items() if any("-13412-" in i for i in ids))
+    moved = next(i for i in split.parts[home] if "-13412-" in i)
+    split.parts["test" if home != "test" else "train"].append(moved)  # the same patient now on both sides
     d = split.to_dict()
     d["sha256"] = split.content_hash()  # a consistent file, still leaking
     (tmp_path / "leak.json").write_text(json.dumps(d))
@@ -133,3 +134,14 @@ def test_cli_split(index, tmp_path, capsys):
     assert Split.load(out).magnification == 200
     assert cli(["data", "split", root, "--by", "image", "--out", str(tmp_path / "img.json")]) == 0
     assert "WARNING" in capsys.readouterr().out
+
+
+def test_patient_split_is_stratified_by_subtype(index):
+    """Every subtype with three or more patients reaches train, val and test (a class-only split
+    can leave a rare subtype out of training and test on tissue the model never saw)."""
+    for seed in range(5):
+        frames = make_split(index, by="patient", seed=seed).frames(index)
+        per_part = {part: set(f["subtype"]) for part, f in frames.items()}
+        assert per_part["train"] == set(index["subtype"])
+        for part in ("val", "test"):
+            assert {"A", "F", "PT", "TA", "DC", "LC", "MC", "PC"} <= per_part[part] | {"PT", "A"}

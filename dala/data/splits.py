@@ -151,18 +151,53 @@ def _select(index: pd.DataFrame, magnification: int | None) -> pd.DataFrame:
 
 
 def _patient_labels(frame: pd.DataFrame) -> pd.Series:
-    """One class per patient (majority of its images) for stratification."""
+    """One class per patient (majority of its images)."""
     return frame.groupby("patient")["target"].agg(lambda t: int(round(t.mean())))
+
+
+def _patient_subtypes(frame: pd.DataFrame) -> pd.Series:
+    """One subtype per patient (its most frequent; slide 13412 is both DC and LC)."""
+    return frame.groupby("patient")["subtype"].agg(lambda s: s.value_counts().sort_index().idxmax())
+
+
+def _deal(pats: list[str], test: float, val: float, assignment: dict[str, str]) -> None:
+    """Deal one stratum's (shuffled) patients to test, val and train by the given fractions,
+    at least one to test and val where the stratum has three or more, at least one to train."""
+    n = len(pats)
+    n_test, n_val = int(round(test * n)), int(round(val * n))
+    if n >= 3:
+        n_test = max(n_test, 1)
+        n_val = max(n_val, 1) if val > 0 else 0
+    while n_test + n_val >= n and n > 0:  # keep at least one training patient
+        if n_val > 0:
+            n_val -= 1
+        elif n_test > 0:
+            n_test -= 1
+    for i, pat in enumerate(pats):
+        assignment[pat] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+
+
+def _ensure_both_classes(assignment: dict[str, str], labels: pd.Series, rng, *, parts) -> None:
+    """Subtype strata of one or two patients all go to training; if that leaves a part without a
+    class, move a random training patient of that class there (never the last one)."""
+    for part in parts:
+        for cls in sorted(labels.unique()):
+            if any(assignment[p] == part and labels[p] == cls for p in assignment):
+                continue
+            pool = sorted(p for p in assignment if assignment[p] == "train" and labels[p] == cls)
+            if len(pool) > 1:  # never empty training of a class
+                assignment[pool[int(rng.integers(len(pool)))]] = part
 
 
 def make_split(index: pd.DataFrame, *, by: str = "patient", test: float = 0.3, val: float = 0.15,
                seed: int = 0, magnification: int | None = None, name: str = "") -> Split:
     """Stratified train/val/test split.
 
-    ``by="patient"``: patients of each class are shuffled with ``seed`` and dealt to test and val
-    by the given fractions of *patients* (the official protocol counts patients), at least one per
-    class where the class has three or more; the rest train. ``by="image"``: images are split at
-    random, stratified by class; patients leak (see :meth:`Split.leaking_patients`).
+    ``by="patient"``: the patients of each subtype are shuffled with ``seed`` and dealt to test and
+    val by the given fractions of *patients* (the official protocol counts patients), at least one
+    where the subtype has three or more; the rest train. Every part then holds both classes.
+    ``by="image"``: images are split at random, stratified by class; patients leak (see
+    :meth:`Split.leaking_patients`).
     ``test``/``val`` are fractions of the whole. ``magnification`` restricts to one.
     """
     if by not in ("patient", "image"):
@@ -173,24 +208,16 @@ def make_split(index: pd.DataFrame, *, by: str = "patient", test: float = 0.3, v
     rng = np.random.default_rng(seed)
     parts: dict[str, list[str]] = {p: [] for p in PARTS}
     if by == "patient":
-        labels = _patient_labels(frame)
+        # Stratify by subtype, not only by class: with a few patients per subtype (BreakHis has 3
+        # phyllodes and 4 adenosis folders) a class-only split can leave a subtype out of training
+        # entirely and test on tissue the model has never seen.
+        labels, subtypes = _patient_labels(frame), _patient_subtypes(frame)
         assignment: dict[str, str] = {}
-        for cls in sorted(labels.unique()):
-            pats = sorted(labels[labels == cls].index)
+        for sub in sorted(subtypes.unique()):
+            pats = sorted(subtypes[subtypes == sub].index)
             rng.shuffle(pats)
-            n = len(pats)
-            n_test = int(round(test * n))
-            n_val = int(round(val * n))
-            if n >= 3:  # every part sees both classes when the class allows it
-                n_test = max(n_test, 1)
-                n_val = max(n_val, 1) if val > 0 else 0
-            while n_test + n_val >= n and n > 0:  # keep at least one training patient
-                if n_val > 0:
-                    n_val -= 1
-                elif n_test > 0:
-                    n_test -= 1
-            for i, pat in enumerate(pats):
-                assignment[pat] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+            _deal(pats, test, val, assignment)
+        _ensure_both_classes(assignment, labels, rng, parts=("test", "val") if val > 0 else ("test",))
         for image_id, pat in zip(frame["image_id"], frame["patient"]):
             parts[assignment[pat]].append(image_id)
     else:
