@@ -39,10 +39,12 @@ def main(port: int = 8765) -> None:
         t_server = time.time() - t0
         from dala.data.synth import ensure_default_dataset
         from dala.train import TrainConfig, read_run, send_control, start_run
+        from dala.train.config import recommended_settings
 
         ensure_default_dataset(progress=False)
         t_data = time.time() - t0
-        run = start_run(TrainConfig(model="tiny_cnn", pretrained=False), runs_root=f"{home}/runs")
+        form_defaults = recommended_settings("tiny_cnn", pretrained=False)  # what the Train form offers first
+        run = start_run(TrainConfig(model="tiny_cnn", pretrained=False, **form_defaults), runs_root=f"{home}/runs")
         while not read_run(run).steps:
             time.sleep(0.2)
         t_point = time.time() - t0

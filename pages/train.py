@@ -29,10 +29,17 @@ ui.synthetic_warning(index)
 from dala.metrics import HEADLINE_METRICS, METRIC_HELP  # noqa: E402
 from dala.models import get_spec, list_models  # noqa: E402
 from dala.train import TrainConfig, list_runs, read_run, send_control, start_run  # noqa: E402
-from dala.train.config import IMBALANCE_STRATEGIES  # noqa: E402
+from dala.train.config import IMBALANCE_STRATEGIES, recommended_settings  # noqa: E402
 from dala.train.runs import estimate_seconds  # noqa: E402
 
 runs_root = ui.runs_root()
+
+
+@st.cache_data(ttl=120, show_spinner=False)
+def _pretrained_ready(model: str) -> bool:
+    from dala.models.weights import pretrained_ready
+
+    return pretrained_ready(model)
 
 
 def _pick_run_to_show(runs) -> str | None:
@@ -69,13 +76,14 @@ with st.expander("New run", expanded=not busy):
                            help="tiny_cnn trains in seconds on a CPU; the ResNet-size models want a GPU "
                                 "(or quick mode).")
     spec = get_spec(model)
+    rec = recommended_settings(model, pretrained=_pretrained_ready(model))  # settings that learn here
     mag = c[1].selectbox("Magnification", [None, *MAGNIFICATIONS], key="tr_mag",
                          format_func=lambda m: "all four" if m is None else f"{m}X")
     split_mode = c[2].radio("Split", ["patient", "image"], key="tr_split", horizontal=True,
                             format_func=lambda s: "patient-level" if s == "patient" else "image-level (leaks)",
                             help="Image-level splits put the same patient in train and test: the score goes up, "
                                  "and it is not real. Train both and compare them on the Compare page.")
-    mode = c[3].radio("Mode", ["quick", "full"], key="tr_mode", horizontal=True,
+    mode = c[3].radio("Mode", ["quick", "full"], index=["quick", "full"].index(rec["mode"]), key="tr_mode", horizontal=True,
                       help="quick: freeze the backbone, cache its features once, train the top (minutes on a CPU). "
                            "full: fine-tune every layer.")
     c = st.columns(4)
@@ -85,14 +93,14 @@ with st.expander("New run", expanded=not busy):
                             help="Subsample the training set to this ratio, to see what imbalance does.")
     ratio = c[1].slider("benign : malignant", 0.1, 2.0, 0.45, 0.05, key="tr_ratio", disabled=not use_ratio,
                         help="0.45 is BreakHis's own ratio (31% benign); 1.0 is balanced; 0.1 is one benign per ten malignant.")
-    epochs = c[2].slider("Epochs", 1, 50, TrainConfig.epochs, key="tr_epochs")
-    lrs = sorted({1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, TrainConfig.lr})
-    lr = c[3].select_slider("Learning rate", lrs, value=TrainConfig.lr, key="tr_lr", format_func=lambda v: f"{v:g}",
+    epochs = c[2].slider("Epochs", 1, 50, rec["epochs"], key="tr_epochs")
+    lrs = sorted({1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, TrainConfig.lr, rec["lr"]})
+    lr = c[3].select_slider("Learning rate", lrs, value=rec["lr"], key="tr_lr", format_func=lambda v: f"{v:g}",
                             help="AdamW. The default suits a fresh head on a frozen or pretrained backbone.")
     c = st.columns(4)
     batch = c[0].select_slider("Batch size", [8, 16, 32, 64, 128], value=TrainConfig.batch_size, key="tr_batch")
     sizes = sorted({spec.input_size, 64, 96, 128, 160, 224})
-    size = c[1].selectbox("Input size (px)", sizes, index=sizes.index(spec.input_size), key="tr_size",
+    size = c[1].selectbox("Input size (px)", sizes, index=sizes.index(rec["image_size"] or spec.input_size), key="tr_size",
                           disabled=spec.family == "transformer" and model == "vit_b_16",
                           help=f"{model} default: {spec.input_size} px.")
     no_weights = spec.weight_ref[0] == "none"

@@ -235,3 +235,14 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_synth_root, tmp_path):
     stop = [r for r in records if r["kind"] == "early_stop"]
     epochs = [r["epoch"] for r in records if r["kind"] == "epoch"]
     assert stop and max(epochs) < 40 and max(epochs) - stop[0]["best_epoch"] == 2
+
+
+def test_recommended_settings_train_end_to_end_without_pretrained_weights():
+    from dala.models.weights import pretrained_ready
+    from dala.train.config import recommended_settings
+
+    assert recommended_settings("dala_resnet50", pretrained=True)["mode"] == "quick"
+    assert recommended_settings("dala_resnet50", pretrained=False)["mode"] == "full"
+    assert recommended_settings("tiny_cnn", pretrained=False) == {"mode": "full", "lr": 1e-3, "image_size": 128, "epochs": 10}
+    assert pretrained_ready("tiny_cnn") is False  # it has no pretrained weights at all
+    TrainConfig(model="tiny_cnn", **recommended_settings("tiny_cnn", pretrained=False)).validate()

@@ -22,24 +22,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def model_rows(num_classes: int = 2) -> list[dict]:
     """One record per registry model (no model is built, nothing is downloaded)."""
     from dala.models.registry import get_spec, list_models
-    from dala.models.weights import availability, hub_offline, offline
+    from dala.models.weights import hub_offline, offline, spec_availability
 
     rows = []
     for name in list_models():
         spec = get_spec(name)
-        kind, ref = spec.weight_ref
-        if kind == "torchvision":
-            import torchvision.models as tvm
-
-            enum_name, member = ref.split(".")
-            avail = availability(kind, getattr(getattr(tvm, enum_name), member))
-            if avail == "not cached":
-                avail += " (offline: random init)" if offline() else " (downloads on first use)"
-        elif kind == "timm":
-            avail = availability(kind, ref)
-            if avail == "not cached":
-                avail += " (offline: random init)" if hub_offline() else " (downloads on first use)"
-        else:
+        kind = spec.weight_ref[0]
+        avail = spec_availability(spec)
+        if avail == "not cached":
+            is_offline = offline() if kind == "torchvision" else hub_offline()
+            avail += " (offline: random init)" if is_offline else " (downloads on first use)"
+        elif avail == "none":
             avail = "none (random init)"
         rows.append({
             "name": name,

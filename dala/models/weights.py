@@ -278,3 +278,30 @@ def availability(source: str, ref: Any) -> str:
             return "unknown"
         return "cached" if isinstance(hit, str) and os.path.isfile(hit) else "not cached"
     return "n/a"
+
+
+def spec_availability(spec: Any) -> str:
+    """:func:`availability` for a registry entry ("none" for models without pretrained weights)."""
+    kind, ref = spec.weight_ref
+    if kind == "none":
+        return "none"
+    if kind == "torchvision":
+        import torchvision.models as tvm
+
+        enum_name, member = ref.split(".")
+        ref = getattr(getattr(tvm, enum_name), member)
+    return availability(kind, ref)
+
+
+def pretrained_ready(name: str) -> bool:
+    """Would ``create_model(name, pretrained=True)`` get real pretrained weights now (cached, or
+    online)? Offline this answers from the caches alone; online it costs one short TCP probe."""
+    from dala.models.registry import get_spec
+
+    spec = get_spec(name)
+    avail = spec_availability(spec)
+    if avail in ("cached", "none"):
+        return avail == "cached"
+    if spec.weight_ref[0] == "torchvision":
+        return not offline() and can_reach("download.pytorch.org")
+    return not hub_offline() and can_reach("huggingface.co")

@@ -104,3 +104,18 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def recommended_settings(model: str, *, pretrained: bool) -> dict[str, Any]:
+    """Starting settings that learn on a 2-core CPU, for forms and notebooks.
+
+    With pretrained weights the frozen stem holds real features: quick mode at the model's own
+    size. Without them (offline, or tiny_cnn, which has none) a frozen random stem carries mostly
+    colour and texture -- patient identity on the synthetic data -- and quick mode stays at
+    chance (measured: README, "Measured figures"), so train end to end at a reduced size instead.
+    """
+    if pretrained:
+        return {"mode": "quick", "lr": 1e-4, "image_size": None, "epochs": 5}
+    if model == "tiny_cnn":
+        return {"mode": "full", "lr": 1e-3, "image_size": 128, "epochs": 10}
+    return {"mode": "full", "lr": 3e-4, "image_size": 128, "epochs": 10}
