@@ -196,35 +196,6 @@ def epoch_indices(targets: np.ndarray, strategy: str, *, seed: int, epoch: int, 
 
 # ----------------------------------------------------------------------------- quick mode cache
 
-@torch.no_grad()
-def extract_features(stem: torch.nn.Module, frame: pd.DataFrame, *, size: int, mean, std, views: list[int],
-                     device: torch.device, dtype: torch.dtype | None, batch_size: int, channels_last: bool,
-                     on_progress=None) -> torch.Tensor:
-    """Stem outputs for every image and view: a (N, V, ...) tensor stored in half precision
-    (bf16/fp16 halves the memory; the top trains in autocast anyway)."""
-    store_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
-    out: torch.Tensor | None = None
-    n, start = len(frame), 0
-    for x in image_batches(frame, size=size, mean=mean, std=std, batch_size=batch_size):  # (B, 3, S, S)
-        feats = []
-        for v in views:
-            xv = dihedral(x, v).to(device)
-            if channels_last and xv.dim() == 4:
-                xv = xv.contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                f = stem(xv)
-            feats.append(f.to(store_dtype).contiguous())
-        f = torch.stack(feats, dim=1).cpu()  # (B, V, ...)
-        if out is None:
-            out = torch.empty((n, *f.shape[1:]), dtype=store_dtype)
-        out[start:start + len(f)] = f
-        start += len(f)
-        if on_progress:
-            on_progress(start, n)
-    assert out is not None
-    return out
-
-
 def batchnorm_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
@@ -272,14 +243,43 @@ def image_batches(frame: pd.DataFrame, *, size: int, mean, std, batch_size: int)
         yield torch.stack([ds[i][0] for i in range(start, min(len(ds), start + batch_size))])
 
 
+@torch.no_grad()
+def extract_features(stem: torch.nn.Module, frame: pd.DataFrame, *, size: int, mean, std, views: list[int],
+                     device: torch.device, dtype: torch.dtype | None, batch_size: int, channels_last: bool,
+                     on_progress=None) -> torch.Tensor:
+    """Stem outputs for every image and view: a (N, V, ...) tensor stored in half precision
+    (bf16/fp16 halves the memory; the top trains in autocast anyway)."""
+    store_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+    out: torch.Tensor | None = None
+    n, start = len(frame), 0
+    for x in image_batches(frame, size=size, mean=mean, std=std, batch_size=batch_size):  # (B, 3, S, S)
+        feats = []
+        for v in views:
+            xv = dihedral(x, v).to(device)
+            if channels_last and xv.dim() == 4:
+                xv = xv.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                f = stem(xv)
+            feats.append(f.to(store_dtype).contiguous())
+        f = torch.stack(feats, dim=1).cpu()  # (B, V, ...)
+        if out is None:
+            out = torch.empty((n, *f.shape[1:]), dtype=store_dtype)
+        out[start:start + len(f)] = f
+        start += len(f)
+        if on_progress:
+            on_progress(start, n)
+    assert out is not None
+    return out
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, frame: pd.DataFrame | None = None, *, features: torch.Tensor | None = None,
                   size: int = 224, mean=None, std=None, device: torch.device, dtype: torch.dtype | None,
-                  batch_size: int = 32, channels_last: bool = False) -> tuple[np.ndarray, float]:
-    """Class probabilities for a frame (decoded through the eval transform) or for cached stem
-    features (quick mode, view 0). Returns (probs (N, C), mean cross-entropy is computed by caller)."""
+                  batch_size: int = 32, channels_last: bool = False) -> np.ndarray:
+    """Class probabilities (N, C) for a frame (decoded through the eval transform) or for cached
+    stem features (quick mode, view 0)."""
     was_training = model.training
     model.eval()
     chunks = []
@@ -301,8 +301,7 @@ def predict_probs(model: torch.nn.Module, frame: pd.DataFrame | None = None, *, 
                 chunks.append(torch.softmax(logits.float(), dim=1).cpu())
     finally:
         model.train(was_training)
-    probs = torch.cat(chunks).numpy() if chunks else np.zeros((0, len(CLASSES)))
-    return probs, 0.0
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(CLASSES)))
 
 
 def nll(probs: np.ndarray, targets: np.ndarray) -> float:
@@ -515,7 +514,7 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             if data.val.empty:
                 return None, None
             net = model if config.mode == "full" else trainable
-            probs, _ = predict_probs(net, data.val, features=val_feats if config.mode == "quick" else None, size=size,
+            probs = predict_probs(net, data.val, features=val_feats if config.mode == "quick" else None, size=size,
                                      mean=mean, std=std, device=device, dtype=dtype, batch_size=config.batch_size,
                                      channels_last=conv_net)
             rep = score(data.val, probs)
@@ -544,7 +543,7 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
                 epoch_order.order = order.tolist()
                 batches = iter(loader)
             for start in range(0, len(order), config.batch_size):
-                _check_control(folder, dist, config)
+                _check_control(folder, dist)
                 idx = order[start:start + config.batch_size]
                 if config.mode == "quick":
                     y = torch.as_tensor(targets[idx], device=device)
@@ -662,9 +661,9 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             stem_best, best_top = spec.split(best_model)
             test_feats = extract_features(stem_best, data.test, size=size, mean=mean, std=std, views=[0], device=device,
                                           dtype=dtype, batch_size=config.batch_size, channels_last=conv_net)
-            probs, _ = predict_probs(best_top, features=test_feats, device=device, dtype=dtype, batch_size=config.batch_size)
+            probs = predict_probs(best_top, features=test_feats, device=device, dtype=dtype, batch_size=config.batch_size)
         else:
-            probs, _ = predict_probs(best_model, data.test, size=size, mean=mean, std=std, device=device, dtype=dtype,
+            probs = predict_probs(best_model, data.test, size=size, mean=mean, std=std, device=device, dtype=dtype,
                                      batch_size=config.batch_size, channels_last=conv_net)
         from dala.metrics import calibration_bins, curve_points
 
@@ -697,7 +696,7 @@ def _selection_value(rep: dict, metric: str) -> float:
     return -math.inf if v is None else float(v)
 
 
-def _check_control(folder: RunFolder, dist: Dist, config: TrainConfig) -> None:
+def _check_control(folder: RunFolder, dist: Dist) -> None:
     """Pause (sleeping, status 'paused') or stop, as ``control.json`` says. Under DDP rank 0
     decides and broadcasts, so every rank stops at the same step."""
     code = {"pause": 1, "stop": 2}.get(folder.read_control() or "", 0) if dist.main else 0
