@@ -101,7 +101,7 @@ def test_cli_errors_are_one_line(checkpoint, dataset, tmp_path, capsys):
     text = tmp_path / "notes.png"
     text.write_text("hello")
     cases = [
-        (["--run", str(tmp_path / "nope"), "--images", str(malignant)], "no such checkpoint"),
+        (["--run", str(tmp_path / "nope"), "--images", str(malignant)], "does not exist"),
         (["--run", str(root), "--images", str(malignant)], "holds no checkpoint"),
         (["--run", str(checkpoint), "--images", str(text)], "not an image"),
         (["--run", str(checkpoint), "--images", str(tmp_path / "missing.png")], "no such image"),

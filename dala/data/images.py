@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dala.errors import ImageInputError
 
@@ -48,6 +48,7 @@ def load_rgb(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: int
             )
         try:
             im.load()
+            im = ImageOps.exif_transpose(im)  # phone photos: honour the orientation tag
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageInputError(f"{label} is truncated or corrupt ({exc}): re-export or re-download it.") from exc
     return to_rgb8(im)

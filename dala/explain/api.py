@@ -13,7 +13,6 @@ then (no spec) the model's last ``Conv2d``.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dala.data.images import load_rgb
 from dala.errors import CheckpointError, ImageInputError
 from dala.explain.base import ExplainError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
-MAX_PIXELS = 40_000_000
 
 
 @dataclass
@@ -72,54 +71,10 @@ def to_rgb_array(image: Any, *, name: str | None = None) -> np.ndarray:
 
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, name or "the array")
-    if isinstance(image, (str, os.PathLike, bytes, bytearray)):
-        image = _open_image(image, name)
-    if not isinstance(image, Image.Image):
+    if not isinstance(image, (str, os.PathLike, bytes, bytearray, Image.Image)):
         raise ImageInputError(f"cannot explain a {type(image).__name__}: pass a PIL image, an HxWx3 uint8 "
                               "array, a path or the bytes of a PNG/JPEG/TIFF file.")
-    return np.asarray(_pil_to_rgb(image), dtype=np.uint8).copy()
-
-
-def _open_image(source, name):
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "the uploaded image")
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ImageInputError(f"{label}: no such image file.")
-        data = path.read_bytes()
-    if not data:
-        raise ImageInputError(f"{label} is empty (0 bytes): choose a PNG, JPEG or TIFF image.")
-    try:
-        im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise ImageInputError(f"{label} is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit: downscale it.")
-        im.load()
-        im = ImageOps.exif_transpose(im)  # phone photos: honour the orientation tag
-    except ImageInputError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageInputError(f"{label} is not an image: use a PNG, JPEG or TIFF file.") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageInputError(f"{label} is truncated or corrupt ({exc}): re-export it.") from exc
-    return im
-
-
-def _pil_to_rgb(im):
-    from PIL import Image
-
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")  # alpha composited on white: the slide background
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(_array_to_rgb(np.asarray(im), "the image"))
-    return im.convert("RGB")
+    return np.asarray(load_rgb(image, name=name), dtype=np.uint8).copy()  # the one loader uploads go through
 
 
 def _array_to_rgb(a: np.ndarray, label: str) -> np.ndarray:
@@ -364,17 +319,9 @@ def _explain_arrays(explainer, rgbs, targets, setup: ExplainSetup, alpha: float,
 # ----------------------------------------------------------------------------- checkpoints
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """A checkpoint folder, or a training run folder (``checkpoints/best``, else ``checkpoints/last``)."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such checkpoint or run folder.")
-    if (p / "model.safetensors").is_file():
-        return p
-    for cand in (p / "checkpoints" / "best", p / "checkpoints" / "last", p / "best", p / "last"):
-        if (cand / "model.safetensors").is_file():
-            return cand
-    raise CheckpointError(f"{p} holds no checkpoint (config.json + model.safetensors), nor checkpoints/best or "
-                          "checkpoints/last: point --checkpoint at a checkpoint folder or --run at a training run "
-                          "that has saved one.")
+    from dala.models.checkpoint import resolve_checkpoint_folder
+
+    return resolve_checkpoint_folder(path)
 
 
 def load_for_explain(path: str | os.PathLike, *, map_location: str = "cpu"):

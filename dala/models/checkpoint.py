@@ -333,3 +333,19 @@ def _metadata_name(path: Path) -> str | None:
             return (fh.metadata() or {}).get("dala_name")
     except Exception:
         return None
+
+
+def resolve_checkpoint_folder(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, or a training run folder (its ``checkpoints/best``, else
+    ``checkpoints/last``): what ``--checkpoint``, ``--run`` and the pages accept."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"{str(p)!r} does not exist: pass a checkpoint folder (model.safetensors + config.json) "
+                              "or a training run folder.")
+    if (p / "model.safetensors").is_file():
+        return p
+    for cand in (p / "checkpoints" / "best", p / "checkpoints" / "last"):
+        if (cand / "model.safetensors").is_file():
+            return cand
+    raise CheckpointError(f"{str(p)!r} holds no checkpoint yet (no model.safetensors, no checkpoints/best or /last): "
+                          "train first, or wait for the run's first epoch to finish.")

@@ -4,33 +4,16 @@ the notebooks and the app."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from dala.errors import CheckpointError
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or a run folder (its ``checkpoints/best``, else ``last``)."""
-    p = Path(path).expanduser()
-    if (p / "model.safetensors").exists() or ((p / "config.json").exists() and not (p / "checkpoints").exists()):
-        return p
-    for sub in ("best", "last"):
-        if (p / "checkpoints" / sub / "model.safetensors").exists():
-            return p / "checkpoints" / sub
-    if not p.exists():
-        raise CheckpointError(f"{str(p)!r} does not exist: pass a checkpoint folder (model.safetensors + config.json) or a run folder.")
-    raise CheckpointError(f"{str(p)!r} holds no checkpoint yet (no model.safetensors, no checkpoints/best): "
-                          "train first, or wait for the run's first epoch to finish.")
-
 
 def load_for_inference(path: str | os.PathLike, *, device: str | torch.device = "cpu"):
     """(model in eval mode, checkpoint config)"""
-    from dala.models.checkpoint import load_checkpoint
+    from dala.models.checkpoint import load_checkpoint, resolve_checkpoint_folder
 
-    model, cfg = load_checkpoint(resolve_checkpoint(path), map_location="cpu")
+    model, cfg = load_checkpoint(resolve_checkpoint_folder(path), map_location="cpu")
     model.to(device).eval()
     return model, cfg
 
