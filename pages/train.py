@@ -45,9 +45,9 @@ def _pretrained_ready(model: str) -> bool:
 def _pick_run_to_show(runs) -> str | None:
     """A fresh session (first visit, page refresh) reattaches to what is going on in runs/: the
     running run, else a queued one, else the newest."""
-    for states in (("running", "paused", "stopping", "starting"), ("queued",)):
+    for wanted in (lambda r: r.active and r.state != "queued", lambda r: r.state == "queued"):
         for r in runs:
-            if r.state in states:
+            if wanted(r):
                 return str(r.path)
     return str(runs[0].path) if runs else None
 
@@ -57,7 +57,7 @@ if st.session_state.get(ACTIVE_KEY) and not Path(st.session_state[ACTIVE_KEY]).i
     st.session_state[ACTIVE_KEY] = None
 if not st.session_state.get(ACTIVE_KEY):
     st.session_state[ACTIVE_KEY] = _pick_run_to_show(all_runs)
-busy = [r for r in all_runs if r.state in ("running", "paused", "stopping", "starting", "queued")]
+busy = [r for r in all_runs if r.active]
 
 # ----------------------------------------------------------------------------- the form
 IMBALANCE_HELP = {

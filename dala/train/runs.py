@@ -137,7 +137,7 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
         raise RunError(f"{run_dir} is not a run folder (no config.json).")
     status = folder.status()
     # a process that died without saying so (SIGKILL, OOM, reboot) is reported, not shown as running
-    if status.get("state") in ("queued", "running", "paused", "stopping", "starting") and status.get("pid") and not pid_alive(status["pid"]):
+    if status.get("state") in ACTIVE_STATES and status.get("pid") and not pid_alive(status["pid"]):
         status = {**status, "state": "failed", "phase": "interrupted",
                   "error": "the training process is gone (killed or crashed); resume it from its last checkpoint"}
     records = folder.metrics()
