@@ -131,7 +131,8 @@ def test_difficulty_shrinks_gap():
 
 # ------------------------------------------------------------------ the cached default
 def test_default_params_are_the_signature_defaults():
-    assert DEFAULT_PARAMS["n_patients"] * DEFAULT_PARAMS["images_per_mag"] * 4 == 640
+    assert DEFAULT_PARAMS["n_patients"] == 82  # BreakHis's patient count: the unit of every split
+    assert DEFAULT_PARAMS["n_patients"] * DEFAULT_PARAMS["images_per_mag"] * 4 == 656
     assert set(DEFAULT_PARAMS) <= set(generate.__kwdefaults__)
 
 

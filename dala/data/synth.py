@@ -48,11 +48,16 @@ log = logging.getLogger(__name__)
 #: Bump when the rendering changes, so cached default datasets are regenerated.
 GENERATOR_VERSION = 1
 
-#: The app's embedded default: 40 patients x 4 magnifications x 4 images = 640 images.
+#: The app's embedded default: 82 patients (BreakHis's count, in its subtype proportions) x 4
+#: magnifications x 2 images = 656 images. The patient is the unit of every split, so patients,
+#: not images per patient, decide how well a score on new patients can be measured: with 40
+#: patients x 4 images (an earlier default, same image count) validation held 8 patients and
+#: picked epochs by noise (validation GMean 0.78 at an epoch that scored 0.27 on the 13 test
+#: patients); with 82, validation holds 14 patients and test 25.
 DEFAULT_PARAMS: dict = {
     "seed": 0,
-    "n_patients": 40,
-    "images_per_mag": 4,
+    "n_patients": 82,
+    "images_per_mag": 2,
     "size": (350, 230),
     "difficulty": 0.5,
     "magnifications": (40, 100, 200, 400),
@@ -719,7 +724,7 @@ def _params_dict(**kw) -> dict:
     return d
 
 
-def generate(out, *, seed: int = 0, n_patients: int = 40, images_per_mag: int = 4,
+def generate(out, *, seed: int = 0, n_patients: int = 82, images_per_mag: int = 2,
              size: tuple[int, int] = (350, 230), difficulty: float = 0.5,
              magnifications: tuple[int, ...] = (40, 100, 200, 400), benign_fraction: float = 0.31,
              progress: ProgressArg = True) -> Path:
