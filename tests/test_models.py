@@ -285,3 +285,27 @@ def test_models_ls_prints_the_registry(capsys):
 def test_models_cli_is_import_light():
     code = "import sys, dala.models.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ------------------------------------------------------------------ random-weight initialisation
+def test_zero_init_residual_turns_blocks_into_their_shortcuts():
+    from dala.models.init import zero_init_residual
+
+    model = create_model("dala_resnet50", pretrained=False, placement="per_block").eval()
+    stem, top = get_spec("dala_resnet50").split(model)
+    assert zero_init_residual(stem) == 3 + 4 + 6  # layer1..layer3 bottlenecks
+    assert zero_init_residual(top) == 3  # layer4, attention bottlenecks included
+    block = model.layer1[1]  # an identity block: now relu(x)
+    x = torch.randn(2, 256, 8, 8)
+    torch.testing.assert_close(block(x), torch.relu(x))
+    tiny = create_model("tiny_cnn", pretrained=False)
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    assert zero_init_residual(tiny) == 0  # nothing residual: left as it is
+    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in before.items())
+
+
+def test_has_residual_stem_over_the_registry():
+    from dala.models.init import has_residual_stem
+
+    residual = {name for name in list_models() if has_residual_stem(name)}
+    assert residual == {"dala_resnet50", "resnet50", "seresnet50"}

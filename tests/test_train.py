@@ -203,6 +203,44 @@ def test_checkpoint_records_the_trained_input_size(tiny_synth_root, tmp_path):
     assert cfg["input_size"] == 40 and model.dala_config["input_size"] == 40
 
 
+@pytest.mark.parametrize("model_name", ["tiny_cnn", "resnet50"])
+def test_quick_mode_saves_a_top_normalised_by_its_own_weights(tiny_synth_root, tmp_path, model_name):
+    """The top trains with batch statistics; before each validation and checkpoint its running
+    statistics are recomputed exactly over the cached training features. A top whose statistics
+    were calibrated once and frozen (an earlier choice) fails this: its weights moved after. The
+    run is stopped after one epoch and resumed: a resumed run must cache its features from the
+    saved stem (it once cached them from a fresh, uncalibrated one)."""
+    from dala.models import get_spec
+    from dala.models.checkpoint import load_checkpoint
+    from dala.train import engine
+
+    cfg = tiny_config(tiny_synth_root, model=model_name, mode="quick", quick_views=1, epochs=1, lr=1e-2)
+    run_training(cfg, tmp_path / "run", progress=False)
+    cfg = cfg.replace(epochs=2)
+    run_training(cfg, tmp_path / "run", progress=False, resume=True)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"] == [1, 2]
+    model, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    stem, top = get_spec(cfg.model).split(model)
+    spec = get_spec(cfg.model)
+    if model_name == "resnet50":  # random weights: the frozen stem was prepared (dala.models.init)
+        from dala.models.init import _residual_last_bns
+
+        assert all(not bn.weight.detach().any() for bn in _residual_last_bns(stem))
+    device = torch.device("cpu")
+    dtype = engine.select_precision(cfg.precision, device)
+    train = engine.prepare_data(cfg, progress=False).train
+    feats = engine.extract_features(stem.eval(), train, size=cfg.image_size, mean=spec.mean, std=spec.std, views=[0],
+                                    device=device, dtype=dtype, batch_size=cfg.batch_size, channels_last=True)
+    saved = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in engine.batchnorm_layers(top)]
+    # recompute in place (a Stage is a view of the model: a deepcopy would still run the original)
+    n = engine.calibrate_batchnorm(top, (feats[i:i + cfg.batch_size, 0] for i in range(0, len(feats), cfg.batch_size)),
+                                   device=device, dtype=dtype)
+    assert n == len(saved) > 0
+    for (mean, var), bn in zip(saved, engine.batchnorm_layers(top)):
+        torch.testing.assert_close(mean, bn.running_mean, rtol=0.05, atol=1e-3)  # bf16 rounding; stale statistics differ by ~1
+        torch.testing.assert_close(var, bn.running_var, rtol=0.05, atol=1e-3)  # bf16 rounding; stale statistics differ by ~1
+
+
 def test_ctrl_c_in_the_cli_stops_cleanly_and_leaves_a_resumable_run(tiny_synth_root, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "dala", "train", "--data", str(tiny_synth_root), "--model", "tiny_cnn", "--no-pretrained",
@@ -237,12 +275,30 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_synth_root, tmp_path):
     assert stop and max(epochs) < 40 and max(epochs) - stop[0]["best_epoch"] == 2
 
 
-def test_recommended_settings_train_end_to_end_without_pretrained_weights():
+def test_recommended_settings_without_pretrained_weights():
     from dala.models.weights import pretrained_ready
     from dala.train.config import recommended_settings
 
     assert recommended_settings("dala_resnet50", pretrained=True)["mode"] == "quick"
-    assert recommended_settings("dala_resnet50", pretrained=False)["mode"] == "full"
+    # offline: quick mode for the ResNets (their random stem is prepared, see dala.models.init) ...
+    assert recommended_settings("dala_resnet50", pretrained=False) == {"mode": "quick", "lr": 3e-4, "image_size": None,
+                                                                       "epochs": 12}
+    assert recommended_settings("seresnet50", pretrained=False)["mode"] == "quick"
+    # ... end to end at a reduced size for a stem without residual blocks
+    assert recommended_settings("vgg16", pretrained=False)["mode"] == "full"
     assert recommended_settings("tiny_cnn", pretrained=False) == {"mode": "full", "lr": 1e-3, "image_size": 128, "epochs": 10}
     assert pretrained_ready("tiny_cnn") is False  # it has no pretrained weights at all
     TrainConfig(model="tiny_cnn", **recommended_settings("tiny_cnn", pretrained=False)).validate()
+
+
+def test_estimate_seconds_orders_settings_sensibly():
+    from dala.train.runs import estimate_seconds
+
+    def est(**kw):
+        return estimate_seconds(TrainConfig(**{"model": "dala_resnet50", "pretrained": False, **kw}), 344, 312)
+
+    assert est(mode="quick", epochs=12) < est(mode="full", epochs=12)  # the point of quick mode
+    assert est(mode="full", epochs=10, image_size=128) < est(mode="full", epochs=10)  # fewer pixels
+    assert est(mode="quick", epochs=12) < est(mode="quick", epochs=24)
+    assert est(mode="quick", epochs=5, pretrained=True) < est(mode="quick", epochs=5)  # no calibration pass
+    assert est(model="tiny_cnn", mode="full", epochs=10, image_size=128) < est(mode="full", epochs=10, image_size=128)

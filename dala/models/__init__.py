@@ -25,6 +25,7 @@ _EXPORTS = {
     "SEGate": "dala.models.attention",
     "ECAGate": "dala.models.attention",
     "SpatialGate": "dala.models.attention",
+    "zero_init_residual": "dala.models.init",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dala.models.attention import ECAGate, SEGate, SpatialGate, make_attention
     from dala.models.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
     from dala.models.dala_resnet import DALAResNet50
+    from dala.models.init import zero_init_residual
     from dala.models.registry import ModelError, ModelSpec, create_model, get_spec, list_models
     from dala.models.tiny import TinyDALA
     from dala.models.vgg_inception import VGG16Inception

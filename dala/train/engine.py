@@ -10,9 +10,13 @@ Two modes:
   and a trainable ``top``. The stem runs once per training image and per dihedral view (up to the
   8 flips and rotations) and its outputs are cached; epochs then train only the top from the
   cache, which is an order of magnitude faster than fine-tuning. Without pretrained weights
-  (offline) the stem is random: random convolutional features still separate the synthetic
-  classes' morphology (nuclear size and density), so quick mode still learns, just less well --
-  the run records ``weight_source`` so nobody mistakes it for ImageNet features.
+  (offline) the stem is random, and a random ResNet stem as initialised for training scrambles
+  the morphology on its way to layer 3; quick mode then prepares it as a shallow random-feature
+  extractor (residual branches zeroed, :mod:`dala.models.init`; BatchNorm calibrated on the
+  training images, :func:`calibrate_batchnorm`), and the top learns the synthetic classes from
+  it (README, "Measured figures"). The run records ``weight_source`` so nobody mistakes it for
+  ImageNet features. The top's BatchNorm statistics are recomputed over the cached features
+  before every validation and checkpoint.
 - **full** (GPUs): everything trains, images are decoded once and kept in memory
   (``BreakHisDataset(cache=True)``), with the dihedral + mild colour jitter augmentation.
 
@@ -208,12 +212,16 @@ def calibrate_batchnorm(module: torch.nn.Module, batches, *, device: torch.devic
 
     Why, in quick mode: (1) the top -- a classroom run has a handful of steps per epoch, far too
     few for BatchNorm's running averages (momentum 0.1) to settle, so evaluation would normalise
-    with stale statistics and predict one class; quick mode calibrates the top once on the cached
-    features and trains with those statistics frozen (affine parameters still learn), so
-    training and evaluation see the same normalisation. (2) a *random* stem (offline, no
-    pretrained weights) has BatchNorm statistics of mean 0 and variance 1 that match nothing, so
-    activations blow up through 40 layers; calibrating them on the training images is a
-    data-dependent initialisation that makes random features well scaled.
+    with stale statistics and predict one class. The top trains with batch statistics as usual,
+    and its running statistics are recomputed exactly on the cached training features before
+    every validation and checkpoint (cheap: one forward pass of the top), so what is evaluated
+    and saved normalises with statistics of the weights it has. (Freezing statistics calibrated
+    once, an earlier choice, broke a *random* top: as its weights moved, the frozen statistics
+    stopped normalising, activations and the loss blew up, and quick mode stayed at chance.)
+    (2) a *random* stem (offline, no pretrained weights) has BatchNorm statistics of mean 0 and
+    variance 1 that match nothing, so activations blow up through 40 layers; calibrating them
+    on the training images is a data-dependent initialisation that makes random features well
+    scaled.
     """
     bns = batchnorm_layers(module)
     if not bns:
@@ -388,6 +396,7 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
     from dala.io import atomic_write_json
     from dala.models import create_model, get_spec
     from dala.models.checkpoint import load_checkpoint, save_checkpoint
+    from dala.models.init import zero_init_residual
 
     config.validate()
     dist = init_distributed(config.device)
@@ -408,6 +417,11 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
         folder.write_json(folder.split_path, data.split.to_dict())
 
         model = create_model(config.model, num_classes=len(CLASSES), pretrained=config.pretrained, **config.model_options)
+        resuming = resume and (folder.last_dir / "trainer_state.json").exists()
+        if resuming:  # before anything is cached: quick mode's features must come from the saved stem
+            loaded, _ = load_checkpoint(folder.last_dir)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
         spec = get_spec(config.model)
         size = config.image_size or spec.input_size_for(config.model_options)
         mean, std = spec.mean, spec.std
@@ -434,20 +448,25 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
                                         on_progress=lambda d, n: folder.update_status(phase=f"caching stem features ({label}) {d}/{n}"))
 
             t_feat = time.time()
-            random_stem = getattr(model, "dala_config", {}).get("weight_source", "random").startswith("random")
-            if random_stem and not resume:  # see calibrate_batchnorm: a data-dependent init for random features
-                folder.update_status(phase="calibrating the random stem's BatchNorm on training images")
+            random_weights = getattr(model, "dala_config", {}).get("weight_source", "random").startswith("random")
+            if random_weights and not resuming:  # offline: make random features worth learning from
+                zero_init_residual(stem)  # see dala.models.init: the stem passes shallow features through
+                zero_init_residual(trainable)  # the top starts as its shortcuts and grows its branches
+                folder.update_status(phase="preparing the random stem: residual branches zeroed, BatchNorm calibrated on training images")
                 calibrate_batchnorm(stem, image_batches(data.train, size=size, mean=mean, std=std, batch_size=config.batch_size),
                                     device=device, dtype=dtype, channels_last=conv_net)
                 stem.eval()
             train_feats = feats(data.train, views, "train")
             val_feats = feats(data.val, [0], "val") if len(data.val) else None
             feature_time = time.time() - t_feat
-            if not resume:
-                calibrate_batchnorm(trainable, (train_feats[i:i + config.batch_size, 0]
+
+            def calibrate_top() -> None:  # see calibrate_batchnorm (1); views cycle so all eight are seen
+                calibrate_batchnorm(trainable, (train_feats[i:i + config.batch_size, (i // config.batch_size) % len(views)]
                                                 for i in range(0, len(train_feats), config.batch_size)),
                                     device=device, dtype=dtype)
-            frozen_bn = batchnorm_layers(trainable)
+
+            if not resuming:
+                calibrate_top()  # also a data-dependent initialisation of the top
         else:
             trainable = model
             feature_time = 0.0
@@ -479,9 +498,7 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             ddp_module = DDP(trainable, device_ids=[device.index] if device.type == "cuda" else None)
 
         start_epoch, best_value, best_epoch, stale = 1, -math.inf, 0, 0
-        if resume and (folder.last_dir / "trainer_state.json").exists():
-            loaded, _ = load_checkpoint(folder.last_dir)
-            model.load_state_dict(loaded.state_dict())
+        if resuming:  # the weights were loaded above
             state = load_training_state(folder.last_dir, optimizer, scheduler)
             start_epoch = state["epoch"] + 1
             best_value, best_epoch, stale = state["best_value"], state["best_epoch"], state.get("stale", 0)
@@ -491,7 +508,7 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
         tiles = choose_tiles(data.val, config.n_tiles, config.seed)
         tiles_record = {"tiles": [{"image_id": r.image_id, "path": r.path, "label": r.label} for r in tiles.itertuples()],
                         "epochs": []}
-        if resume and folder.tiles_path.exists():
+        if resuming and folder.tiles_path.exists():
             from dala.io import read_json
 
             old = read_json(folder.tiles_path) or {}
@@ -533,8 +550,6 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             ddp_module.train()
             if config.mode == "quick":
                 stem.eval()
-                for m in frozen_bn:  # statistics calibrated once (calibrate_batchnorm), kept fixed
-                    m.eval()
             order = epoch_indices(targets, config.imbalance, seed=config.seed, epoch=epoch, dist=dist)
             gen = torch.Generator().manual_seed(config.seed * 7919 + epoch * 31 + dist.rank)
             run_loss = run_correct = run_n = 0.0
@@ -593,6 +608,9 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
                       "epoch_time_s": epoch_train_s, "images_per_s": run_n * dist.world / max(epoch_train_s, 1e-6)}
             improved = False
             if dist.main:
+                if config.mode == "quick":
+                    folder.update_status(phase="recalibrating BatchNorm on the cached training features")
+                    calibrate_top()
                 folder.update_status(phase="validating")
                 rep, probs = validate()
                 if rep is not None:
