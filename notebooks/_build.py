@@ -347,7 +347,7 @@ plots.reported_vs_measured_figure([as_dict(dala_run)]).show()
 *Reading the result.* With **random weights** (offline) the frozen stem computes random
 features, prepared so that they keep the shallow texture statistics the morphology lives in;
 the top learns from them and carries the class to new patients (measured on the synthetic
-default, seed 0: test GMean 0.74 over 25 patients, README "Measured figures"). That is an honest
+default, seed 0: test GMean 0.75 over 25 patients, README "Measured figures"). That is an honest
 measurement of this setting, not of DALAResNet50 as the paper trains it: with the ImageNet
 weights cached (`weight_source` starting with `imagenet:`) or on a GPU box with `mode="full"`,
 the same cell is the real experiment. The lab below uses a small network that learns in seconds.

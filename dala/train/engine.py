@@ -484,7 +484,9 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
         params = [p for p in trainable.parameters() if p.requires_grad]
         n_trainable = sum(p.numel() for p in params)
         criterion = make_loss(config.imbalance, targets, num_classes=len(CLASSES), gamma=config.focal_gamma).to(device)
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        # fused: one kernel over all parameters instead of a loop per tensor (~3 % of a CPU step)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                      fused=device.type in ("cpu", "cuda"))
         per_rank = len(targets) if config.imbalance != "oversample" else len(oversample_indices(targets, seed=config.seed))
         steps_per_epoch = max(1, math.ceil((per_rank // dist.world) / config.batch_size))
         scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
@@ -610,7 +612,9 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
             if dist.main:
                 if config.mode == "quick":
                     folder.update_status(phase="recalibrating BatchNorm on the cached training features")
+                    t_cal = time.time()
                     calibrate_top()
+                    record["bn_recalibration_s"] = time.time() - t_cal
                 folder.update_status(phase="validating")
                 rep, probs = validate()
                 if rep is not None:

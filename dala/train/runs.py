@@ -201,9 +201,9 @@ def estimate_seconds(config: TrainConfig, n_train: int, n_eval: int) -> float:
     third of them validate every epoch, the rest are tested once).
 
     Checked against runs on the synthetic default (344 training, 312 evaluation images):
-    DALAResNet50 quick from random weights, 8 views, 12 epochs: measured 130 s, estimated 138 s;
-    DALAResNet50 full at 128 px, 10 epochs: 107 s, 121 s; tiny_cnn full at 128 px, 10 epochs:
-    36 s, 37 s.
+    DALAResNet50 quick from random weights, 8 views, 12 epochs: measured 127 s, estimated 138 s;
+    DALAResNet50 full at 128 px, 10 epochs: 97 s, 121 s; tiny_cnn full at 128 px, 10 epochs:
+    34 s, 37 s.
     """
     from dala.models import get_spec
 
