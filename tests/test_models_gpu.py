@@ -50,3 +50,16 @@ def test_cuda_train_step_split_and_checkpoint(name, tmp_path):
     assert next(loaded.parameters()).device.type == "cuda"
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_train_batch_transform_on_cuda_equals_the_cpu_one():
+    """The engine's per-batch stain jitter runs on the device; a seed gives the same images there."""
+    from dala.data.augment import TrainBatchTransform
+    from dala.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+
+    x8 = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = TrainBatchTransform(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    on_cpu = batch(x8, generator=torch.Generator().manual_seed(4))
+    on_cuda = batch.to("cuda")(x8.cuda(), generator=torch.Generator().manual_seed(4))
+    assert on_cuda.device.type == "cuda" and on_cuda.dtype == torch.float32
+    torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-4, rtol=0)

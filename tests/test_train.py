@@ -241,6 +241,33 @@ def test_quick_mode_saves_a_top_normalised_by_its_own_weights(tiny_synth_root, t
         torch.testing.assert_close(var, bn.running_var, rtol=0.05, atol=1e-3)  # bf16 rounding; stale statistics differ by ~1
 
 
+def test_resumed_optimizer_state_keeps_the_parameters_memory_layout(tmp_path):
+    """Saved moments are contiguous (safetensors); a channels_last parameter gets them back in its
+    own layout. Found on an H200: CUDA's fused AdamW refused the first resumed step otherwise."""
+    from dala.train.engine import load_training_state, save_training_state
+
+    def fresh():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+        net(torch.randn(1, 3, 6, 6))
+        net.to(memory_format=torch.channels_last)
+        return net, torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    net, opt = fresh()
+    net(torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)).sum().backward()
+    opt.step()
+    save_training_state(tmp_path, opt, None, {"epoch": 1})
+    net2, opt2 = fresh()
+    load_training_state(tmp_path, opt2, None)
+    conv = net2[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for p in net2.parameters():
+        for name in ("exp_avg", "exp_avg_sq"):
+            moment = opt2.state[p][name]
+            assert moment.stride() == p.stride(), name
+            torch.testing.assert_close(moment, opt.state[dict(zip(net2.parameters(), net.parameters()))[p]][name])
+
+
 def test_ctrl_c_in_the_cli_stops_cleanly_and_leaves_a_resumable_run(tiny_synth_root, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "dala", "train", "--data", str(tiny_synth_root), "--model", "tiny_cnn", "--no-pretrained",

@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from dala.data.augment import StainJitter
 from dala.data.images import load_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,15 +36,25 @@ class RandomRot90(torch.nn.Module):
 
 def build_transform(kind: str = "eval", *, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     jitter: float = 0.05) -> v2.Compose:
-    """Transform presets. ``kind``: "train" (dihedral + mild colour jitter) or "eval"."""
-    if kind not in ("train", "eval"):
-        raise ValueError(f"transform kind must be 'train' or 'eval', not {kind!r}")
+    """Transform presets, one image at a time.
+
+    - "train": dihedral view + mild stain jitter (``dala.data.augment.StainJitter``), normalised;
+    - "eval": resized and normalised;
+    - "dihedral": the geometric half of "train" alone, as uint8 ``(3, size, size)``: for loops that
+      add the colour half to whole batches (``dala.data.augment.TrainBatchTransform``), as the
+      engine does. Both halves together are exactly "train".
+    """
+    if kind not in ("train", "eval", "dihedral"):
+        raise ValueError(f"transform kind must be 'train', 'eval' or 'dihedral', not {kind!r}")
     ops: list = [v2.ToImage(), v2.Resize((size, size), antialias=True)]
-    if kind == "train":
+    if kind in ("train", "dihedral"):
         ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
-        if jitter > 0:
-            ops.append(v2.ColorJitter(brightness=jitter * 2, contrast=jitter * 2, saturation=jitter * 2, hue=jitter / 2))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if kind == "dihedral":
+        return v2.Compose(ops)
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if kind == "train" and jitter > 0:
+        ops.append(StainJitter.from_strength(jitter))
+    ops.append(v2.Normalize(mean=list(mean), std=list(std)))
     return v2.Compose(ops)
 
 

@@ -18,7 +18,9 @@ Two modes:
   ImageNet features. The top's BatchNorm statistics are recomputed over the cached features
   before every validation and checkpoint.
 - **full** (GPUs): everything trains, images are decoded once and kept in memory
-  (``BreakHisDataset(cache=True)``), with the dihedral + mild colour jitter augmentation.
+  (``BreakHisDataset(cache=True)``), with the dihedral + mild colour jitter augmentation: the
+  dihedral views per image (cheap uint8 copies), the stain jitter and normalisation per batch on
+  the device (:class:`dala.data.augment.TrainBatchTransform`; each image still gets its own jitter).
 
 Control from outside: ``control.json`` is read every step (pause / resume / stop; stop takes
 effect within one step and leaves a resumable ``last`` checkpoint). A run killed outright resumes
@@ -41,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from dala.data import CLASSES, load_index, make_split, resolve_dataset
+from dala.data.augment import TrainBatchTransform
 from dala.data.dataset import BreakHisDataset, build_transform
 from dala.data.splits import Split
 from dala.errors import RunError
@@ -381,6 +384,12 @@ def load_training_state(folder: Path, optimizer, scheduler) -> dict:
         _, pid, name = key.split(".", 2)
         opt_state.setdefault(int(pid), {})[name] = v
     optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("optimizer_param_groups")})
+    # safetensors stores contiguous tensors; a channels_last parameter needs its moments in its own
+    # memory layout, or CUDA's fused AdamW refuses the step ("same dtype, device, and layout")
+    for param, pstate in optimizer.state.items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                pstate[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     if scheduler is not None and state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])
     if "rng.torch" in tensors:
@@ -470,8 +479,9 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
         else:
             trainable = model
             feature_time = 0.0
-            train_ds = BreakHisDataset(data.train, transform=build_transform("train", size=size, mean=mean, std=std),
-                                       cache=True, cache_size=size)
+            # per image only the dihedral view (uint8); colour jitter + normalisation run per batch below
+            train_ds = BreakHisDataset(data.train, transform=build_transform("dihedral", size=size), cache=True, cache_size=size)
+            batch_transform = TrainBatchTransform(mean=mean, std=std).to(device)
             folder.update_status(phase="decoding training images")
             train_ds.preload(threads=min(8, os.cpu_count() or 1),
                              on_progress=lambda d, n: folder.update_status(phase=f"decoding training images {d}/{n}"))
@@ -567,8 +577,9 @@ def run_training(config: TrainConfig, run_dir: str | os.PathLike, *, progress: b
                     view = torch.randint(0, train_feats.shape[1], (len(idx),), generator=gen)
                     x = train_feats[torch.as_tensor(idx), view].to(device, non_blocking=True)  # (B, ...) stem features
                 else:
-                    x, y = next(batches)  # (B, 3, S, S), (B,): the loader follows epoch_order
+                    x, y = next(batches)  # (B, 3, S, S) uint8 dihedral views, (B,): the loader follows epoch_order
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    x = batch_transform(x, generator=gen)  # (B, 3, S, S) float: each image's stain jitter, normalised
                     if conv_net:
                         x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, dtype):

@@ -202,8 +202,8 @@ def estimate_seconds(config: TrainConfig, n_train: int, n_eval: int) -> float:
 
     Checked against runs on the synthetic default (344 training, 312 evaluation images):
     DALAResNet50 quick from random weights, 8 views, 12 epochs: measured 127 s, estimated 138 s;
-    DALAResNet50 full at 128 px, 10 epochs: 97 s, 121 s; tiny_cnn full at 128 px, 10 epochs:
-    34 s, 37 s.
+    DALAResNet50 full at 128 px, 10 epochs: 91 s, 114 s; tiny_cnn full at 128 px, 10 epochs:
+    29 s, 30 s.
     """
     from dala.models import get_spec
 
@@ -220,5 +220,5 @@ def estimate_seconds(config: TrainConfig, n_train: int, n_eval: int) -> float:
         extract = passes * cost / 52.0
         train = config.epochs * (n_train * cost / 95.0 + n_val * cost / 1000.0 + per_epoch)
         return decode + extract + train
-    train = config.epochs * (n_train * (cost / 15.3 + 0.003) + n_val * cost / 30.0 + per_epoch)  # 3 ms: augmentation
+    train = config.epochs * (n_train * (cost / 15.3 + 0.001) + n_val * cost / 30.0 + per_epoch)  # 1 ms: augmentation
     return decode + train + (n_eval - n_val) * cost / 30.0
