@@ -75,8 +75,7 @@ class StainJitter(torch.nn.Module):
         n = len(factors)
         b, c, s, h = factors.T  # (n,) each
         eye = torch.eye(3, dtype=torch.float64).expand(n, 3, 3)
-        ones_gray = torch.ones(3, 1, dtype=torch.float64) * self.gray[None, :]  # (3, 3): every row = GRAY
-        sat = s[:, None, None] * eye + (1 - s)[:, None, None] * ones_gray  # (n, 3, 3)
+        sat = s[:, None, None] * eye + (1 - s)[:, None, None] * self.gray.expand(3, 3)  # (n, 3, 3); gray rows: x -> gray(x)
         # angle -2 pi h: the direction of HSV's hue shift (h > 0 turns red towards yellow)
         cos, sin = torch.cos(-2 * math.pi * h), torch.sin(-2 * math.pi * h)
         rot = torch.zeros(n, 3, 3, dtype=torch.float64)
@@ -129,4 +128,5 @@ class TrainBatchTransform(torch.nn.Module):
             x = self.jitter(x, generator=generator, scale=1 / 255)  # (B, 3, H, W) float in [0, 1]
         else:
             x = x.float().div_(255)
-        return (x - self.mean.to(x.device)).mul_(self.inv_std.to(x.device))  # (B, 3, H, W) normalised
+        # x is a fresh tensor in both branches: normalise in place (no extra batch-sized copy per step)
+        return x.sub_(self.mean.to(x.device)).mul_(self.inv_std.to(x.device))  # (B, 3, H, W) normalised
