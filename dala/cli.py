@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from dala.errors import DalaError
+from dala.net import env_flag
 
 # (module, what it adds) in the order --help lists them
 _AREAS = [
@@ -22,10 +24,6 @@ _AREAS = [
 ]
 
 
-class CLIError(DalaError):
-    """A bad command-line argument: printed as one clear line, exit status 2, no traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dala",
@@ -33,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for modname in _AREAS:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name == modname:  # area not built yet
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(modname).register(sub)
     return parser
 
 
@@ -57,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # ours, not the user's: one line, the traceback only on request
+        if env_flag("DALA_DEBUG"):
+            raise
+        logging.getLogger("dala").debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(exc).__name__}: {exc} (this is a bug in DALA Lab; "
+              "rerun with DALA_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,3 +28,7 @@ class HubError(DalaError):
 
 class RunError(DalaError):
     """A training run folder or configuration is invalid."""
+
+
+class CLIError(DalaError):
+    """A bad command-line argument: printed as one clear line, exit status 2, no traceback."""

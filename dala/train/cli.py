@@ -71,7 +71,7 @@ def _parse_value(v: str):
 
 
 def build_config(args):
-    from dala.cli import CLIError
+    from dala.errors import CLIError
     from dala.train.config import TrainConfig
 
     base = {}
