@@ -111,13 +111,15 @@ def quick(root: Path):
 
 @section("ddp")
 def ddp(root: Path):
+    from dala.train.folder import RunFolder, read_report
+
     with tempfile.TemporaryDirectory() as run:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "dala", "train",
                "--data", str(root), "--model", "dala_resnet50", "--no-pretrained", "--mode", "full", "--epochs", "1",
                "--batch-size", "32", "--run-dir", run, "--no-progress"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-        ok = p.returncode == 0 and Path(run, "report.json").exists()
-        rep = json.loads(Path(run, "report.json").read_text()) if ok else {}
+        ok = p.returncode == 0 and RunFolder(run).report_path.exists()
+        rep = (read_report(run) or {}) if ok else {}
     if not ok:
         raise RuntimeError(p.stderr[-1500:])
     return {"world_size": rep["world_size"], "device": rep["device"], "precision": rep["precision"]}

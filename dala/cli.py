@@ -20,7 +20,9 @@ _AREAS = [
     "dala.models.cli",    # models ls
     "dala.train.cli",     # train | evaluate | predict
     "dala.explain.cli",   # explain
-    "dala.hub_cli",       # hub push | pull | ls
+    "dala.lab.cli",       # lab bank | sweep | score
+    "dala.hub.cli",       # hub push | pull | ls | fetch-dataset
+    "dala.study.cli",     # study plan | run | status | report
 ]
 
 

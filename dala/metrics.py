@@ -58,103 +58,20 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from dala.errors import DalaError
+from dala.data.breakhis import CLASSES
+from dala.metric_row import (  # noqa: F401  (re-exported: the metric row lives in dala.metric_row)
+    FLAT_METRICS, HEADLINE_METRICS, METRIC_HELP, METRIC_LABELS, MetricsInputError, flat_metrics, metric_label,
+    metric_value, summary_row,
+)
 
 __all__ = [
-    "HEADLINE_METRICS",
-    "IBA_ALPHA",
-    "METRIC_HELP",
-    "MetricsInputError",
-    "calibration_bins",
-    "classification_report",
-    "curve_points",
-    "patient_accuracy",
-    "summary_row",
+    "FLAT_METRICS", "HEADLINE_METRICS", "IBA_ALPHA", "METRIC_HELP", "METRIC_LABELS", "MetricsInputError",
+    "calibration_bins", "classification_report", "curve_points", "flat_metrics", "metric_label",
+    "metric_value", "patient_accuracy", "summary_row",
 ]
 
 IBA_ALPHA = 0.1
 PROB_SUM_ATOL = 1e-3  # softmax rows in float16/float32 sum to 1 well within this
-
-HEADLINE_METRICS: list[str] = [
-    "accuracy",
-    "balanced_accuracy",
-    "gmean",
-    "iba",
-    "f1_macro",
-    "mcc",
-    "roc_auc",
-    "patient_accuracy",
-]
-
-METRIC_HELP: dict[str, str] = {
-    "n": "Number of images evaluated.",
-    "accuracy": (
-        "Fraction of images classified right; on imbalanced data it misleads, because always "
-        "answering the majority class (malignant is about 69% of BreakHis) already scores ~0.69."
-    ),
-    "balanced_accuracy": (
-        "Mean of the per-class recalls, so each class counts equally however many images it has; "
-        "a majority-class guesser scores 0.5 in the binary task."
-    ),
-    "precision": (
-        "Of the images the model called this class, the fraction that really are; 0 when the model "
-        "never predicts the class."
-    ),
-    "recall": "Of the images that really are this class, the fraction the model found.",
-    "f1": "Harmonic mean of precision and recall: high only when both are high.",
-    "f1_macro": (
-        "F1 averaged over classes with equal weight, so a neglected minority class pulls it down."
-    ),
-    "sensitivity": (
-        "Recall of the malignant class: the fraction of cancers the model catches (a miss is a "
-        "false negative)."
-    ),
-    "specificity": (
-        "Recall of the benign class: the fraction of benign tissue the model correctly clears "
-        "(a miss is a false alarm)."
-    ),
-    "support": "Number of images that truly belong to the class.",
-    "gmean": (
-        "Geometric mean of sensitivity and specificity (of all class recalls when there are more "
-        "classes): it is 0 if any class is never recognised, so unlike accuracy it cannot be "
-        "fooled by always predicting the majority class."
-    ),
-    "iba": (
-        "Index balanced accuracy (alpha 0.1): GMean squared, nudged up or down by how much "
-        "sensitivity exceeds specificity, so it rewards balanced performance and says which class "
-        "dominates."
-    ),
-    "mcc": (
-        "Matthews correlation between predictions and truth, from -1 (always wrong) through 0 "
-        "(no better than chance) to 1 (perfect); it uses all four confusion-matrix cells and stays "
-        "honest under imbalance."
-    ),
-    "roc_auc": (
-        "Probability that a random malignant image gets a higher malignant score than a random "
-        "benign one (0.5 = chance, 1 = perfect ranking); it ignores the decision threshold."
-    ),
-    "pr_auc": (
-        "Average precision over the precision-recall curve for the malignant class; unlike ROC-AUC "
-        "its chance level is the share of positives, so it is harsher when positives are rare."
-    ),
-    "confusion_matrix": (
-        "Counts of images by true class (rows) and predicted class (columns); the diagonal "
-        "holds the right answers."
-    ),
-    "ece": (
-        "Expected calibration error: the average gap between how confident the model is and how "
-        "often it is right, over confidence bins (0 = perfectly calibrated)."
-    ),
-    "patient_accuracy": (
-        "BreakHis patient-level accuracy: for each patient the fraction of their images classified "
-        "right, averaged over patients, so a patient with many images does not outweigh others."
-    ),
-    "n_patients": "Number of distinct patients evaluated.",
-}
-
-
-class MetricsInputError(DalaError):
-    """Labels, probabilities, patients or magnifications given to ``dala.metrics`` are unusable."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,7 +433,7 @@ def classification_report(
     y_true: Any,
     y_prob: Any,
     *,
-    class_names: Sequence[str] = ("benign", "malignant"),
+    class_names: Sequence[str] = CLASSES,
     patients: Any = None,
     magnifications: Any = None,
     threshold: float = 0.5,
@@ -569,18 +486,3 @@ def classification_report(
                 per_mag[k] = sub
             report["per_magnification"] = per_mag
     return _jsonable(report)
-
-
-def summary_row(report: dict) -> dict:
-    """The headline metrics of a :func:`classification_report` as one flat dict for tables:
-    ``accuracy, balanced_accuracy, gmean, iba, f1_macro, mcc, roc_auc, patient_accuracy``
-    (in :data:`HEADLINE_METRICS` order; ``f1_macro`` is ``report["macro"]["f1"]``)."""
-    if not isinstance(report, dict) or "accuracy" not in report:
-        raise MetricsInputError("summary_row needs a dict returned by classification_report.")
-    row = {}
-    for key in HEADLINE_METRICS:
-        if key == "f1_macro":
-            row[key] = (report.get("macro") or {}).get("f1")
-        else:
-            row[key] = report.get(key)
-    return row

@@ -12,10 +12,14 @@ asks here, so each has one meaning:
 - Reachability: one short TCP probe per host (``probe``), remembered for ``PROBE_TTL_S``, so a
   page that reruns every second never waits on the network twice.
 - Deadlines: ``network_timeout()`` (``DALA_NET_TIMEOUT``, else ``DALA_HUB_TIMEOUT``, default 5 s)
-  bounds a probe; ``socket_timeout`` bounds every blocking read of a download.
+  bounds a probe and every connect; ``socket_timeout`` bounds every blocking read of a download;
+  ``bound_hf_http()`` makes every huggingface_hub request bounded and stops its retries after a
+  network failure (its own retry loop costs ~25 s on a TLS failure and minutes on a server that
+  accepts and never answers).
 
 Everything is read from the environment at call time, never at import, so tests and the app can
-change it after import. Nothing here imports torch or huggingface_hub.
+change it after import. Nothing here imports torch, and huggingface_hub only inside
+``bound_hf_http``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ PROBE_TTL_S = 30.0
 DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 
 _probe_cache: dict[tuple[str, int], tuple[float, bool, str]] = {}
+_http_failures: dict[tuple[str, str, int], tuple[float, str]] = {}  # (scheme, host, port) -> (when, why)
+_hf_bounded = False
 
 
 def env_flag(name: str, default: bool = False) -> bool:
@@ -161,3 +167,93 @@ def socket_timeout(seconds: float = DOWNLOAD_SOCKET_TIMEOUT_S) -> Iterator[None]
         yield
     finally:
         socket.setdefaulttimeout(old)
+
+
+def read_timeout() -> float:
+    """The longest one wait for bytes may take (``DALA_NET_READ_TIMEOUT``, default 30 s)."""
+    return env_float("DALA_NET_READ_TIMEOUT", DOWNLOAD_SOCKET_TIMEOUT_S, minimum=0.2)
+
+
+def recent_http_failure(url: str) -> str | None:
+    """Why a request to ``url``'s origin failed less than ``PROBE_TTL_S`` ago, or None."""
+    hit = _http_failures.get(_origin(url))
+    if hit and time.monotonic() - hit[0] < PROBE_TTL_S:
+        return hit[1]
+    return None
+
+
+def clear_http_failures() -> None:
+    _http_failures.clear()
+
+
+def _origin(url: object) -> tuple[str, str, int]:
+    u = urlparse(str(url))
+    return u.scheme, (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80)
+
+
+def _bounded_timeouts(timeout: dict | None) -> dict:
+    """Cap httpx's per-request timeouts: connect/pool by ``network_timeout()``; read/write by what
+    the caller asked (twice ``network_timeout()`` when it asked for none), at most ``read_timeout()``."""
+    t = dict(timeout or {})
+    conn, cap = network_timeout(), read_timeout()
+    out = {k: min(t.get(k) or conn, conn) for k in ("connect", "pool")}
+    out.update({k: min(t.get(k) or 2 * conn, cap) for k in ("read", "write")})
+    return out
+
+
+def bound_hf_http() -> bool:
+    """Give huggingface_hub (process-wide, once) an HTTP client whose every request is bounded
+    (:func:`_bounded_timeouts`) and whose retries stop after a network failure.
+
+    A request that times out or cannot connect is remembered per origin for ``PROBE_TTL_S``; the
+    library's retries of it (and any other request to that origin meanwhile) then fail at once with
+    an ``OfflineModeIsEnabled`` subclass, which the library neither retries nor hides: it falls back
+    to its cache as for offline mode. False when this huggingface_hub has no client factory."""
+    global _hf_bounded
+    if _hf_bounded:
+        return True
+    try:
+        import httpx2
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.errors import OfflineModeIsEnabled
+        from huggingface_hub.utils import _http
+    except ImportError:  # pragma: no cover - another huggingface_hub generation
+        return False
+    base_factory = getattr(_http, "default_client_factory", None)
+    if base_factory is None:  # pragma: no cover
+        return False
+
+    class HubUnreachable(OfflineModeIsEnabled):
+        """The origin failed moments ago: not contacted again (no retry storm)."""
+
+    network_errors = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+
+    def factory():
+        client = base_factory()
+        send = client.send
+
+        def bounded_send(request, **kwargs):
+            why = recent_http_failure(str(request.url))
+            if why:
+                raise HubUnreachable(f"{why}; not retried")
+            timeouts = _bounded_timeouts(request.extensions.get("timeout"))
+            request.extensions = {**request.extensions, "timeout": timeouts}
+            try:
+                response = send(request, **kwargs)
+            except network_errors as exc:
+                origin = f"{request.url.scheme}://{request.url.netloc.decode()}"
+                if isinstance(exc, httpx2.TimeoutException):
+                    why = f"{origin} gave no answer within {max(timeouts.values()):g} s ({type(exc).__name__})"
+                else:
+                    why = f"{origin}: {type(exc).__name__}: {exc}"[:240]
+                _http_failures[_origin(request.url)] = (time.monotonic(), why)
+                raise
+            _http_failures.pop(_origin(request.url), None)
+            return response
+
+        client.send = bounded_send  # Client.request/stream call self.send: every request comes here
+        return client
+
+    set_client_factory(factory)
+    _hf_bounded = True
+    return True

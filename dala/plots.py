@@ -12,23 +12,29 @@ them on the Explore page reads every later chart without a legend.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dala.compare import (  # noqa: F401  (re-exported: the comparison logic lives in dala.compare)
+    REPORTED_DALA_ACCURACY,
+    REPORTED_NOTE,
+    best_in_columns,
+    compare_table,
+    leakage_pairs,
+    measured_accuracy_by_magnification,
+    run_label,
+    run_labels,
+    weight_label,
+)
 from dala.data.breakhis import CLASSES, MAGNIFICATIONS, SUBTYPES
+from dala.plots_calibration import reliability_figure, selective_figure  # noqa: F401  (re-exported)
 
 CLASS_COLOURS = {"benign": "#2a9d8f", "malignant": "#c2185b"}
 SERIES_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                   "#bcbd22", "#17becf"]
-
-#: DALAResNet50's accuracies as the paper reports them (arXiv 2308.13150), per magnification.
-#: The split protocol behind them is not stated; patient-level peers report 85-91 %.
-REPORTED_DALA_ACCURACY: dict[int, float] = {40: 0.985, 100: 0.987, 200: 0.979, 400: 0.943}
-REPORTED_NOTE = ("reported by the DALAResNet50 paper (arXiv 2308.13150) on real BreakHis; "
-                 "its split protocol is not stated")
 
 _LAYOUT = dict(margin=dict(l=40, r=20, t=80, b=40), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
 
@@ -261,10 +267,25 @@ def confusion_matrix_figure(cm: Sequence[Sequence[int]], class_names: Sequence[s
     rows = a.sum(1, keepdims=True)
     frac = np.divide(a, rows, out=np.zeros_like(a), where=rows > 0)
     text = [[f"{int(a[i, j])}<br>({frac[i, j]:.0%})" for j in range(a.shape[1])] for i in range(a.shape[0])]
-    fig = _fig(title)
+    wrapped = _wrap(title, 32)  # a run label in a quarter-width column: wrapped, never cut
+    n_lines = wrapped.count("<br>") + 1
+    fig = _fig(wrapped)
     fig.add_heatmap(z=frac, x=[f"pred {c}" for c in class_names], y=[f"true {c}" for c in class_names], text=text,
                     texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1, showscale=False)
-    fig.update_layout(yaxis=dict(autorange="reversed"), height=300, margin=dict(l=90, r=10, t=50, b=40))
+    fig.update_layout(yaxis=dict(autorange="reversed"), height=280 + 18 * n_lines, title_font_size=13,
+                      margin=dict(l=90, r=10, t=30 + 18 * n_lines, b=40))
+    return fig
+
+
+def heatmap_scale_figure(*, title: str = "Map colour scale") -> go.Figure:
+    """The colour key of the explanation overlays (the Jet colormap of pytorch-grad-cam's
+    ``show_cam_on_image``, the map normalised to 0-1 per image): blue = little evidence for the
+    target class, red = most."""
+    fig = _fig(title)
+    fig.add_heatmap(z=[list(np.linspace(0, 1, 101))], x=list(np.linspace(0, 1, 101)), colorscale="Jet", zmin=0,
+                    zmax=1, showscale=False, hovertemplate="map value %{x:.2f}<extra></extra>")
+    fig.update_layout(height=110, margin=dict(l=10, r=10, t=30, b=30), yaxis=dict(visible=False),
+                      xaxis=dict(tickvals=[0, 0.5, 1], ticktext=["0 (low)", "0.5", "1 (highest in this image)"]))
     return fig
 
 
@@ -279,66 +300,47 @@ def probability_figure(probs: Sequence[float], class_names: Sequence[str] = CLAS
 
 
 # ----------------------------------------------------------------------------------- compare
-def run_label(config: Mapping, name: str = "") -> str:
-    """A short label: ``model @mag split-split [imbalance] (folder)``."""
-    mag = f"{config.get('magnification')}X" if config.get("magnification") else "all mags"
-    imb = config.get("imbalance") or "none"
-    extra = f" {imb}" if imb != "none" else ""
-    return f"{config.get('model', '?')} {mag} {config.get('split_mode', '?')}-split{extra}" + (f" ({name})" if name else "")
+def _label(r: Mapping) -> str:
+    return str(r.get("label") or r["name"])
 
 
-def compare_table(runs: Sequence[Mapping]) -> pd.DataFrame:
-    """One row per finished run: headline test metrics (``dala.metrics.summary_row``), then the
-    split, parameter count and throughput. ``runs``: dicts with ``name``, ``config``, ``report``."""
-    from dala.metrics import summary_row
-
-    rows = []
-    for r in runs:
-        report = r.get("report") or {}
-        test = report.get("test")
-        if not test:
-            continue
-        cfg = r.get("config") or {}
-        row = {"run": r["name"], "split": cfg.get("split_mode"), **summary_row(test), "model": cfg.get("model"),
-               "magnification": f"{cfg['magnification']}X" if cfg.get("magnification") else "all",
-               "imbalance": cfg.get("imbalance", "none"),
-               "weights": report.get("weight_source") or cfg.get("weight_source") or
-               ("pretrained" if cfg.get("pretrained") else "random"),
-               "data": report.get("data_source", "?"), "params": report.get("num_params"),
-               "trainable_params": report.get("trainable_params"),
-               "images_per_s": report.get("train_images_per_s"),
-               "epochs": report.get("best_epoch")}
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _wrap(text: str, width: int = 34) -> str:
+    """Break a long " · "-separated title into lines of about ``width`` characters (<br>), so a
+    narrow chart never cuts it."""
+    lines: list[str] = []
+    for part in str(text).split(" · "):
+        if lines and len(lines[-1]) + len(part) + 3 <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return "<br>".join(lines)
 
 
-def best_in_columns(table: pd.DataFrame, metrics: Iterable[str]) -> dict[str, list[int]]:
-    """Row positions holding the best (highest) value of each metric column (ties all marked)."""
-    out = {}
-    for m in metrics:
-        if m not in table or table[m].isna().all():
-            continue
-        col = pd.to_numeric(table[m], errors="coerce")
-        best = col.max()
-        out[m] = [i for i, v in enumerate(col) if v is not None and not pd.isna(v) and math.isclose(v, best, abs_tol=1e-12)]
-    return out
+def _series_name(row: Mapping) -> str:
+    lab = row.get("label")
+    return str(lab if isinstance(lab, str) and lab else row["run"])
 
 
 def metrics_bar_figure(table: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
-    """Grouped bars: one group per metric, one bar per run."""
+    """Grouped bars: one group per metric (readable names), one bar per run."""
+    from dala.metric_row import metric_label
+
     fig = _fig("Test metrics by run (measured)", barmode="group")
     for i, row in table.reset_index(drop=True).iterrows():
-        fig.add_bar(x=list(metrics), y=[row.get(m) for m in metrics], name=str(row["run"]),
+        fig.add_bar(x=[metric_label(m) for m in metrics], y=[row.get(m) for m in metrics], name=_series_name(row),
                     marker_color=SERIES_COLOURS[i % len(SERIES_COLOURS)])
     fig.update_layout(yaxis=dict(range=[0, 1.02], title="score"), legend=dict(orientation="v", y=-0.25, yanchor="top"))
     return fig
 
 
 def radar_figure(table: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
+    from dala.metric_row import metric_label
+
     fig = _fig("Metric profile (measured)")
+    names = [metric_label(m) for m in metrics]
     for i, row in table.reset_index(drop=True).iterrows():
         vals = [row.get(m) if row.get(m) is not None and not pd.isna(row.get(m)) else 0 for m in metrics]
-        fig.add_scatterpolar(r=vals + vals[:1], theta=list(metrics) + list(metrics[:1]), name=str(row["run"]),
+        fig.add_scatterpolar(r=vals + vals[:1], theta=names + names[:1], name=_series_name(row),
                              line=dict(color=SERIES_COLOURS[i % len(SERIES_COLOURS)]))
     fig.update_layout(polar=dict(radialaxis=dict(range=[0, 1])), legend=dict(orientation="v", y=-0.1, yanchor="top"))
     return fig
@@ -346,58 +348,51 @@ def radar_figure(table: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
 
 def convergence_figure(runs: Sequence[Mapping], *, metric: str = "val_loss") -> go.Figure:
     """One line per run of an epoch-record metric (``val_loss``, ``val_accuracy``, ``val_gmean``...)."""
-    fig = _fig(f"Convergence: {metric}")
+    from dala.metric_row import metric_label
+
+    fig = _fig(f"Convergence: {metric_label(metric)}")
     for i, r in enumerate(runs):
         eps = r.get("epochs") or []
-        fig.add_scatter(x=[e["epoch"] for e in eps], y=[e.get(metric) for e in eps], name=r["name"],
+        fig.add_scatter(x=[e["epoch"] for e in eps], y=[e.get(metric) for e in eps], name=_label(r),
                         mode="lines+markers", line=dict(color=SERIES_COLOURS[i % len(SERIES_COLOURS)]))
-    fig.update_layout(xaxis_title="epoch", yaxis_title=metric, legend=dict(orientation="v", y=-0.25, yanchor="top"))
+    fig.update_layout(xaxis_title="epoch", yaxis_title=metric_label(metric),
+                      legend=dict(orientation="v", y=-0.25, yanchor="top"))
+    return fig
+
+
+# kind -> (title, curve key in report["curves"], x key, y key, area key, area name, x title, y title)
+_CURVES = {
+    "roc": ("ROC (test, malignant positive)", "roc", "fpr", "tpr", "auc", "AUC", "false positive rate",
+            "true positive rate"),
+    "pr": ("Precision-recall (test, malignant positive)", "pr", "recall", "precision", "ap", "AP", "recall",
+           "precision"),
+}
+
+
+def _curve_figure(runs: Sequence[Mapping], kind: str) -> go.Figure:
+    """The one builder behind :func:`roc_figure` and :func:`pr_figure`."""
+    title, key, xk, yk, ak, aname, xt, yt = _CURVES[kind]
+    fig = _fig(title)
+    if kind == "roc":
+        fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dash"), name="chance")
+    for i, r in enumerate(runs):
+        curve = ((r.get("report") or {}).get("curves") or {}).get(key) or {}
+        if curve.get(xk) and curve.get(yk):
+            area = curve.get(ak)
+            fig.add_scatter(x=curve[xk], y=curve[yk], mode="lines",
+                            name=f"{_label(r)} ({aname} {area:.3f})" if area is not None else _label(r),
+                            line=dict(color=SERIES_COLOURS[i % len(SERIES_COLOURS)]))
+    fig.update_layout(xaxis=dict(title=xt, range=[0, 1]), yaxis=dict(title=yt, range=[0, 1.02]),
+                      legend=dict(orientation="v", y=-0.2, yanchor="top"))
     return fig
 
 
 def roc_figure(runs: Sequence[Mapping]) -> go.Figure:
-    fig = _fig("ROC (test, malignant positive)")
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dash"), name="chance")
-    for i, r in enumerate(runs):
-        roc = ((r.get("report") or {}).get("curves") or {}).get("roc") or {}
-        if roc.get("fpr"):
-            auc = roc.get("auc")
-            fig.add_scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"{r['name']} (AUC {auc:.3f})" if auc is not None else r["name"],
-                            line=dict(color=SERIES_COLOURS[i % len(SERIES_COLOURS)]))
-    fig.update_layout(xaxis=dict(title="false positive rate", range=[0, 1]), yaxis=dict(title="true positive rate", range=[0, 1.02]),
-                      legend=dict(orientation="v", y=-0.2, yanchor="top"))
-    return fig
+    return _curve_figure(runs, "roc")
 
 
 def pr_figure(runs: Sequence[Mapping]) -> go.Figure:
-    fig = _fig("Precision-recall (test, malignant positive)")
-    for i, r in enumerate(runs):
-        pr = ((r.get("report") or {}).get("curves") or {}).get("pr") or {}
-        if pr.get("precision"):
-            ap = pr.get("ap")
-            fig.add_scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"{r['name']} (AP {ap:.3f})" if ap is not None else r["name"],
-                            line=dict(color=SERIES_COLOURS[i % len(SERIES_COLOURS)]))
-    fig.update_layout(xaxis=dict(title="recall", range=[0, 1]), yaxis=dict(title="precision", range=[0, 1.02]),
-                      legend=dict(orientation="v", y=-0.2, yanchor="top"))
-    return fig
-
-
-def measured_accuracy_by_magnification(run: Mapping) -> dict[int, float]:
-    """Test accuracy per magnification of one run (from ``per_magnification``, else the run's own
-    magnification)."""
-    test = (run.get("report") or {}).get("test") or {}
-    per = test.get("per_magnification") or {}
-    out = {}
-    for k, v in per.items():
-        try:
-            mag = int(str(k).rstrip("Xx"))
-        except ValueError:
-            continue
-        if v and v.get("accuracy") is not None:
-            out[mag] = float(v["accuracy"])
-    if not out and test.get("accuracy") is not None and (run.get("config") or {}).get("magnification"):
-        out[int(run["config"]["magnification"])] = float(test["accuracy"])
-    return out
+    return _curve_figure(runs, "pr")
 
 
 def reported_vs_measured_figure(runs: Sequence[Mapping]) -> go.Figure:
@@ -420,29 +415,6 @@ def reported_vs_measured_figure(runs: Sequence[Mapping]) -> go.Figure:
     fig.update_layout(xaxis=dict(title="magnification", type="category", categoryorder="array", categoryarray=mags),
                       yaxis=dict(title="test accuracy", range=[0, 1.12]), legend=dict(orientation="v", y=-0.2, yanchor="top"))
     return fig
-
-
-_IGNORED_FOR_PAIRING = {"split_mode", "name", "seed", "device", "num_workers", "split_file", "data_root", "precision"}
-
-
-def leakage_pairs(runs: Sequence[Mapping]) -> list[tuple[str, str, dict]]:
-    """Pairs of runs whose configs differ only by split mode (patient vs image): the leakage lesson.
-    Returns ``(patient_run, image_run, {"patient": acc, "image": acc})`` for each pair."""
-    out = []
-    for i, a in enumerate(runs):
-        for b in runs[i + 1:]:
-            ca, cb = dict(a.get("config") or {}), dict(b.get("config") or {})
-            if {ca.get("split_mode"), cb.get("split_mode")} != {"patient", "image"}:
-                continue
-            keys = (set(ca) | set(cb)) - _IGNORED_FOR_PAIRING
-            if all(ca.get(k) == cb.get(k) for k in keys) and ca.get("data_root") == cb.get("data_root"):
-                pat, img = (a, b) if ca["split_mode"] == "patient" else (b, a)
-
-                def acc(r):
-                    return ((r.get("report") or {}).get("test") or {}).get("accuracy")
-
-                out.append((pat["name"], img["name"], {"patient": acc(pat), "image": acc(img)}))
-    return out
 
 
 # ----------------------------------------------------------------------------------- notebooks

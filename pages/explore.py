@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from dala import plots
 from dala.data.breakhis import CLASSES, MAGNIFICATIONS, SUBTYPES
 from dala.data.index import summary
+from dala.data.masks import read_lesion_mask
 from dala.errors import DalaError
 from pages import _common as ui
 
@@ -23,8 +26,10 @@ if problems:
     with st.expander(f"{len(problems)} file(s) were skipped while indexing"):
         st.dataframe(pd.DataFrame(problems), hide_index=True)
 
-t_counts, t_images, t_colour, t_split, t_aug = st.tabs(
-    ["Counts & imbalance", "Image browser", "Colour statistics", "Splits & leakage", "Augmentation"])
+t_counts, t_images, t_colour, t_split, t_aug, t_stain = st.tabs(
+    ["Counts & imbalance", "Image browser", "Colour statistics", "Splits & leakage", "Augmentation",
+     "Stain normalisation"])
+STAIN_THUMB = 128  # px: a handful of small thumbnails keeps the tab fast
 
 
 @st.cache_data(show_spinner="Measuring colours...", max_entries=8)
@@ -41,8 +46,44 @@ def _splits(root: str, stamp: float, test: float, val: float, seed: int, mag):
             make_split(idx, by="image", test=test, val=val, seed=seed, magnification=mag))
 
 
+@st.cache_resource(max_entries=8, show_spinner="Fitting the stain normaliser to the reference...")
+def _stain_normalizer(method: str, reference_path: str, stamp: float):
+    """One fitted normaliser per method and reference (``stamp``: the dataset's, so a changed
+    reference file refits). Not thread-safe: the lock below serialises its use across sessions."""
+    import threading
+
+    from dala.data.stain import StainNormalizer
+
+    return StainNormalizer(method, reference=reference_path, reference_name=f"reference {Path(reference_path).name}"), \
+        threading.Lock()
+
+
+def stain_failure_cases(image):
+    """The failure cases the normaliser must detect, made from one (H, W, 3) uint8 thumbnail: a
+    nearly white crop (mostly background) and a grey (colourless) copy."""
+    import numpy as np
+
+    a = np.asarray(image, dtype=np.float32)
+    white = (0.06 * a + 0.94 * 255).round().astype(np.uint8)  # (H, W, 3): a field that is almost all glass
+    grey = np.repeat(a.mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
+    return [(white, "nearly white crop (generated)"), (grey, "grey copy (generated)")]
+
+
+def patient_balance_caption(idx) -> str:
+    """What the per-patient chart shows, measured on this dataset (not a claim about BreakHis)."""
+    per = idx.groupby("patient").size()
+    lo, hi = int(per.min()), int(per.max())
+    if hi <= 1.25 * lo:
+        return (f"Here every patient contributes about the same number of images ({lo}-{hi} each)"
+                + (": the synthetic generator makes them equal. " if ui.is_synthetic(idx) else ". ")
+                + "In real BreakHis some patients contribute many more images than others, "
+                  "and a model can learn *patients* rather than disease. See the Splits tab.")
+    return (f"Patients contribute between {lo} and {hi} images each ({hi / max(lo, 1):.0f}x): a model can learn "
+            "*patients* rather than disease. See the Splits tab.")
+
+
 root = index.attrs["root"]
-stamp = ui._stamp(root)
+stamp = ui.dataset_stamp(root)
 
 # ----------------------------------------------------------------------------- counts
 with t_counts:
@@ -59,8 +100,7 @@ with t_counts:
     left, right = st.columns(2)
     left.plotly_chart(plots.subtype_counts_figure(index), key="sub")
     right.plotly_chart(plots.patient_counts_figure(index), key="pat")
-    st.caption("In BreakHis some patients contribute many more images than others: a model can learn "
-               "*patients* rather than disease. See the Splits tab.")
+    st.caption(patient_balance_caption(index))
 
 # ----------------------------------------------------------------------------- browser
 with t_images:
@@ -92,8 +132,9 @@ with t_images:
             grid = st.columns(4)
         try:
             img = ui.thumbnail(r.path)
-            if show_mask and r.mask_path:
-                img = plots.outline_mask(img, ui.thumbnail(r.mask_path))
+            mask = read_lesion_mask(r.mask_path, size=(img.shape[1], img.shape[0])) if show_mask else None
+            if mask is not None:  # benign rows have no mask: NaN in the index, not a path
+                img = plots.outline_mask(img, mask)
         except DalaError as exc:
             grid[i % 4].error(str(exc))
             continue
@@ -167,3 +208,49 @@ with t_aug:
                 col.image(img, caption=cap, width="stretch")
     except DalaError as exc:
         ui.show_error(exc)
+
+
+# ----------------------------------------------------------------------------- stain normalisation
+with t_stain:
+    st.markdown("Labs stain differently, so the same tissue comes out pinker or bluer. **Stain normalisation** makes "
+                "every image look as if stained like one reference image: *Reinhard* matches the colour mean and "
+                "spread (LAB), *Macenko* estimates the haematoxylin and eosin stains and re-stains with the "
+                "reference's (torchstain, via `dala.data.stain`). An image it cannot handle is shown as it was, "
+                "with the reason, never black.")
+    c = st.columns([1, 3])
+    stain_method = c[0].radio("Method", ["reinhard", "macenko"], key="stain_method",
+                              format_func=lambda m: m.capitalize())
+    ids = index["image_id"].tolist()
+    benign = index.loc[index["label"] == "benign", "image_id"].tolist()
+    ref_id = c[1].selectbox("Reference image", ids, index=ids.index(benign[0]) if benign else 0, key="stain_ref",
+                            help="The default is the dataset's first benign image; pick a typical, well-stained field.")
+    by_id = index.set_index("image_id")
+    demo_ids = index.groupby("label").head(2)["image_id"].tolist()[:4]
+    try:
+        normalizer, lock = _stain_normalizer(stain_method, str(by_id.loc[ref_id, "path"]), stamp)
+        tiles = [(ui.thumbnail(by_id.loc[i, "path"], size=STAIN_THUMB), f"{by_id.loc[i, 'label']}, {i}")
+                 for i in demo_ids]
+        tiles += stain_failure_cases(tiles[0][0])
+        with lock:
+            batch = normalizer([t for t, _ in tiles])  # each image on its own stain estimate
+    except DalaError as exc:
+        ui.show_error(exc, what="Stain normalisation")
+    else:
+        after = [img.permute(1, 2, 0).numpy() for img in batch.images]  # (H, W, 3) uint8 each
+        r = st.columns(4)  # (captions here avoid " · ": the image browser's tiles are told apart by it)
+        r[0].image(ui.thumbnail(by_id.loc[ref_id, "path"], size=STAIN_THUMB), width="stretch",
+                   caption=f"reference: {ref_id}" + (" (SYNTHETIC)" if ui.is_synthetic(index) else ""))
+        for start in range(0, len(tiles), 3):
+            row = st.columns([1, 1, 1, 1, 1, 1])
+            for k, ((img, cap), out, ok_, note) in enumerate(zip(tiles[start:start + 3], after[start:start + 3],
+                                                                  batch.normalised[start:start + 3],
+                                                                  batch.notes[start:start + 3])):
+                row[2 * k].image(img, caption=f"before: {cap}", width="stretch")
+                row[2 * k + 1].image(out, width="stretch",
+                                     caption=f"after ({stain_method})" if ok_ else
+                                     f"not normalised: {note} - shown un-normalised")
+        failed = [f"{cap}: {note}" for (_, cap), note in zip(tiles, batch.notes) if note]
+        if failed:
+            st.warning("Detected and left as they were: " + "; ".join(failed), icon=":material/report:")
+        st.caption(f"{sum(batch.normalised)} of {len(tiles)} images normalised to the reference; the last two are "
+                   "generated failure cases (mostly background, no colour), which the normaliser must detect.")

@@ -30,9 +30,12 @@ TIMEOUT = 120
 
 # ----------------------------------------------------------------------------- run folders by hand
 def write_run(runs_root: Path, name: str, index, *, split: str = "patient", state: str = "finished",
-              pid: int | None = None, epochs: int = 3, checkpoint: bool = True, created: float | None = None) -> Path:
-    """A run folder as dala.train writes it: config, status, metrics.jsonl, val_tiles, report,
-    checkpoints/best (a real tiny_cnn checkpoint)."""
+              pid: int | None = None, epochs: int = 3, checkpoint: bool = True, created: float | None = None,
+              config: dict | None = None, quality: float = 0.6) -> Path:
+    """A run folder as dala.train writes it: config, status, metrics.jsonl, val_tiles, report (with
+    per-image test predictions), checkpoints/best (a real tiny_cnn checkpoint). ``config``: fields
+    that differ from the default tiny_cnn run; ``quality``: how far the malignant probability
+    follows the truth (0: chance-like, 1: perfect)."""
     from dala.io import atomic_write_json
     from dala.metrics import calibration_bins, classification_report, curve_points
 
@@ -40,7 +43,7 @@ def write_run(runs_root: Path, name: str, index, *, split: str = "patient", stat
     run.mkdir(parents=True)
     config = {"data_root": index.attrs["root"], "magnification": None, "split_mode": split, "imbalance": "none",
               "target_ratio": None, "model": "tiny_cnn", "model_options": {}, "pretrained": False, "mode": "full",
-              "epochs": epochs, "batch_size": 16, "lr": 0.001, "seed": 0, "name": ""}
+              "epochs": epochs, "batch_size": 16, "lr": 0.001, "seed": 0, "name": "", **(config or {})}
     atomic_write_json(run / "config.json", config)
     rng = np.random.default_rng(0 if split == "patient" else 1)
     lines = []
@@ -64,7 +67,7 @@ def write_run(runs_root: Path, name: str, index, *, split: str = "patient", stat
     if state == "finished":
         test = index.sample(40, random_state=0) if len(index) > 40 else index
         y = test["target"].to_numpy()
-        p1 = np.clip(y * 0.6 + rng.uniform(0, 0.5, len(y)), 0, 1)
+        p1 = np.clip(y * quality + rng.uniform(0, 0.5, len(y)), 0, 1)
         probs = np.stack([1 - p1, p1], 1)
         rep = classification_report(y, probs, patients=test["patient"].to_numpy(),
                                     magnifications=test["magnification"].to_numpy())
@@ -72,7 +75,8 @@ def write_run(runs_root: Path, name: str, index, *, split: str = "patient", stat
             "config": config, "model": "tiny_cnn", "num_params": 415954, "trainable_params": 415954,
             "weight_source": "random (pretrained=False)", "device": "cpu", "data_source": "synthetic",
             "best_epoch": epochs, "train_images_per_s": 55.5, "total_time_s": 12.0, "test": rep,
-            "curves": curve_points(y, probs), "calibration": calibration_bins(y, probs)})
+            "curves": curve_points(y, probs), "calibration": calibration_bins(y, probs),
+            "test_predictions": {"image_id": test["image_id"].tolist(), "probs": probs.round(5).tolist()}})
     if checkpoint:
         from dala.models import create_model, save_checkpoint
 
@@ -261,8 +265,12 @@ def test_explain_uploads_good_and_bad(env, real_samples):
     assert "notes.png is not an image" in errors
     assert "truncated.png is truncated" in errors
     assert "huge.png" in errors
-    # only the first four images are explained; the rest is said
-    assert any("first 4" in w.value for w in at.warning)
+    # four images per page; the page pages through all of them
+    assert "Images 1-4 of 6" in texts(at)
+    at.number_input(key="ex_page").set_value(2).run()
+    ok(at)
+    assert "Images 5-6 of 6" in texts(at)
+    assert len([m for m in at.metric if m.label == "Prediction"]) == 2  # grey16.png and the real sample
 
 
 def test_explain_upload_real_image_gives_prediction(env, real_samples):
@@ -277,11 +285,12 @@ def test_explain_upload_real_image_gives_prediction(env, real_samples):
 def test_explain_without_checkpoints_points_to_train_and_offers_untrained(monkeypatch, env, tmp_path):
     monkeypatch.setenv("DALA_RUNS", str(tmp_path / "empty_runs"))
     at = ok(app("explain"))
-    assert at.radio(key="ex_src").value == "Untrained model"
-    assert any("explanation is meaningless" in w.value for w in at.warning)
-    at.radio(key="ex_src").set_value("Trained run").run()
+    assert at.radio(key="ex_src").value == "Trained run"  # first view: offer to train, not random maps
+    assert any("No trained model yet" in i.value for i in at.info)
+    assert at.button(key="ex_train_here")
+    at.radio(key="ex_src").set_value("Untrained model").run()
     ok(at)
-    assert any("No trained checkpoint yet" in i.value for i in at.info)
+    assert any("explanation is meaningless" in w.value for w in at.warning)
     at.radio(key="ex_src").set_value("Checkpoint folder").run()
     at.text_input(key="ex_path").set_value(str(tmp_path / "missing")).run()
     ok(at)
@@ -338,8 +347,13 @@ def test_train_shows_a_finished_run_with_metrics_card(env):
     ok(at)
     t = texts(at)
     assert "**finished**" in t and "Test metrics (measured, patient-level split" in t
-    assert metric(at, "accuracy") != "n/a"
+    assert metric(at, "Accuracy") != "n/a"
+    # readable names on the cards, whole (no "balanced a..." and no snake_case)
+    labels = [m.label for m in at.metric]
+    assert "Balanced accuracy" in labels and "F1 (macro)" in labels
+    assert not any("_" in lab for lab in labels), labels
     assert "random weights (not pretrained)" in t
+    assert "random (pretrained=False)" not in t  # said once, not twice
     assert "Validation tiles" in t
 
 
@@ -424,12 +438,14 @@ def test_hosted_mode_refuses_server_folders_and_keeps_runs_per_visitor(monkeypat
     monkeypatch.setenv("DALA_HOSTED", "1")
     at = app()
     assert any("does not read server folders" in e.value for e in at.sidebar.error)
-    visitor = at.query_params.get("visitor")
-    assert visitor  # a visitor id rides in the URL
+    assert not at.query_params.get("visitor")  # the visitor's secret never rides in the URL (issue 15)
+    from dala.identity import owner_id
+
+    visitor = owner_id(at.session_state["_dala_token"])  # hosted folders are named by its hash
     at.switch_page("pages/compare.py").run()
     ok(at)
     assert any("No finished runs" in i.value for i in at.info)  # the shared runs are not this visitor's
-    assert (env["runs"] / visitor[0] if isinstance(visitor, list) else env["runs"] / visitor).is_dir()
+    assert (env["runs"] / visitor).is_dir()
 
 
 def test_compare_class_leaderboard_submit_and_hub_row_offline(monkeypatch, env):

@@ -2,8 +2,12 @@
 driven by Playwright. Skipped cleanly where Chromium or Playwright is missing.
 
 One server serves the whole module (its own DALA_HOME, DALA_RUNS and a tiny generated dataset).
-The tests visit every page, start a real short training run and watch its curve grow, stop it,
-reload and find it again, and upload a real BreakHis image and a non-image on Explain.
+The tests visit every page, walk every page and tab the navigation lists (toggles, checkboxes
+and expanders clicked) asserting no exception element and no traceback, start a real short
+training run and watch its curve grow, stop it, reload and find it again, and upload a real
+BreakHis image and a non-image on Explain. Separate fresh servers check that ten visitors
+arriving together on a just-started server all get the dataset, and that each browser keeps its
+own secret identity (a cookie, never the URL).
 Screenshots land in ``test-artifacts/screenshots/`` (and in ``docs/img/screenshots/`` with
 ``DALA_UPDATE_SCREENSHOTS=1``).
 """
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_util import CHROMIUM, REPO_ROOT, StreamlitServer, goto, launch_browser, screenshot, wait_idle
+from browser_util import CHROMIUM, REPO_ROOT, StreamlitServer, goto, launch_browser, screenshot, wait_idle
 
 pytestmark = [pytest.mark.browser]
 
@@ -188,3 +192,127 @@ def test_explain_upload_image_and_non_image(page, server, real_samples, tmp_path
     wait_idle(page, timeout=90)
     no_exception(page)
     assert page.get_by_text("Prediction", exact=True).count() >= 1  # the good image still explained
+
+
+# ----------------------------------------------------------------------------- the walk (issue 14)
+def no_traceback(page, where: str) -> None:
+    boxes = page.locator("[data-testid='stException']")
+    assert boxes.count() == 0, f"{where}: {boxes.first.inner_text()[:500]}"
+    body = page.locator("[data-testid='stApp']").first.inner_text()
+    assert "Traceback" not in body and "Something went wrong on this page" not in body, f"{where}: {body[:800]}"
+
+
+def nav_links(page) -> list[tuple[str, str]]:
+    """(label, href) of every page st.navigation lists in the sidebar."""
+    links = page.locator("[data-testid='stSidebarNavLink']")
+    return [(links.nth(i).inner_text().strip(), links.nth(i).get_attribute("href")) for i in range(links.count())]
+
+
+def _click_all(page, selector: str, where: str, *, limit: int = 6) -> int:
+    """Click each visible element matching ``selector`` in the main area (twice for a toggle: on,
+    then off again), waiting for the app after each click."""
+    n = 0
+    items = page.locator(f"[data-testid='stMain'] {selector}")
+    for i in range(min(items.count(), limit)):
+        item = items.nth(i)
+        if not item.is_visible():
+            continue
+        item.click()
+        wait_idle(page, timeout=120, quiet=0.5)
+        no_traceback(page, f"{where}, {selector} #{i}")
+        n += 1
+    return n
+
+
+def test_walk_every_page_tab_toggle_and_expander(page, server):
+    """As a class does: every page the navigation lists (the Imbalance Lab included), every tab,
+    each toggle/checkbox and expander with the default data; no exception element, no traceback."""
+    t0 = time.time()
+    goto(page, server, "")
+    links = nav_links(page)
+    assert len(links) >= 5, links
+    clicked = 0
+    for label, href in links:
+        page.goto(href, wait_until="domcontentloaded")
+        wait_idle(page, timeout=120)
+        no_traceback(page, label)
+        tabs = page.locator("[data-testid='stMain'] [role='tab']")
+        for i in range(max(tabs.count(), 1)):
+            where = label
+            if tabs.count():
+                tab = tabs.nth(i)
+                where = f"{label} / {tab.inner_text().strip()}"
+                tab.click()
+                wait_idle(page, timeout=60, quiet=0.3)
+                no_traceback(page, where)
+            panel = "[role='tabpanel']:not([hidden]) " if tabs.count() else ""
+            clicked += _click_all(page, panel + "[data-testid='stExpander'] summary", where)
+            clicked += _click_all(page, panel + "[data-testid='stCheckbox'] label", where, limit=3)
+        if label in {"Explore", "Overview"}:
+            assert page.get_by_text("SYNTHETIC").first.is_visible()
+    assert clicked > 0
+    assert time.time() - t0 < 240, f"the walk took {time.time() - t0:.0f} s"
+
+
+# ----------------------------------------------------------------------------- fresh servers (issue 15)
+@pytest.fixture
+def fresh_server(tmp_path, tiny_synth_root):
+    env = {"DALA_DATA_ROOT": str(tiny_synth_root), "DALA_HOME": str(tmp_path / "home"), "DALA_RUNS": str(tmp_path / "runs"),
+           "DALA_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "home" / "torch")}
+    srv = StreamlitServer(env=env, log_path=tmp_path / "server.log")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_ten_visitors_arriving_together_on_a_fresh_server_all_get_the_dataset(browser, fresh_server, tiny_index):
+    """issue 15: 9 of 10 got "No dataset chosen" (a one-time, process-wide switch). Deep links,
+    all at once, as the first requests this server process ever sees."""
+    paths = ["train", "compare", "explore", "train", "compare"] * 2
+    contexts = [browser.new_context(viewport={"width": 1200, "height": 900}) for _ in paths]
+    try:
+        pages = [c.new_page() for c in contexts]
+        for pg, path in zip(pages, paths):
+            pg.goto(f"{fresh_server.url}/{path}", wait_until="commit")
+        want = f"{len(tiny_index)} images"
+        for pg, path in zip(pages, paths):
+            wait_idle(pg, timeout=180)
+            no_traceback(pg, path)
+            body = pg.locator("[data-testid='stApp']").first.inner_text()
+            assert "No dataset chosen" not in body, (path, body[:500])
+            assert want in pg.locator("[data-testid='stSidebar']").first.inner_text(), path
+            title = {"explore": "Explore the data", "train": "Train a model", "compare": "Compare runs"}[path]
+            assert pg.get_by_role("heading", name=title).count() >= 1, path
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def _student(page) -> str:
+    import re
+
+    text = page.locator("[data-testid='stSidebar']").first.inner_text()
+    m = re.search(r"student ([0-9a-f]{6})", text)
+    assert m, text[:600]
+    return m.group(1)
+
+
+def test_each_browser_keeps_a_secret_identity_not_in_the_url(browser, server):
+    a, b = browser.new_context(), browser.new_context()
+    try:
+        pa, pb = a.new_page(), b.new_page()
+        goto(pa, server, "")
+        goto(pb, server, "")
+        sa, sb = _student(pa), _student(pb)
+        assert sa != sb
+        cookie = {c["name"]: c for c in a.cookies()}.get("dala_token")
+        assert cookie and len(cookie["value"]) >= 32
+        assert cookie["value"] not in pa.url and "visitor" not in pa.url
+        pa.reload()
+        wait_idle(pa)
+        assert _student(pa) == sa  # a refresh is the same student (the cookie came back)
+        goto(pa, server, "compare")
+        assert _student(pa) == sa and "dala_token" not in pa.url
+    finally:
+        a.close()
+        b.close()

@@ -79,7 +79,7 @@ def test_every_method_on_small_cnn(method):
         check_map(e.heatmap_original, (46, 70))
         assert e.overlay.shape == (46, 70, 3) and e.overlay.dtype == np.uint8
         assert abs(sum(e.probs) - 1) < 1e-5 and e.pred == int(np.argmax(e.probs)) and e.target == e.pred
-        assert (e.mask is not None) == (method == "dt-gradcam")
+        assert (e.dt_region is not None) == (method == "dt-gradcam")
 
 
 def test_explainer_call_contract():
@@ -324,3 +324,34 @@ def test_graph_cut_at_target_gives_the_same_maps(monkeypatch):
             assert fast.max() == 1.0 and np.allclose(fast, full, atol=1e-6)
     two = explain(model, rgb(), target_layers=[model.stem[1], model.body[0]], input_size=16)[0].heatmap
     check_map(two, (16, 16))  # several target layers: the input requires grad instead
+
+
+# ----------------------------------------------------------------------------- one eval preprocessing
+def test_explain_feeds_the_model_exactly_the_eval_transform_output():
+    # prediction, evaluation and explanation see one input: dala.data.dataset.build_transform("eval")
+    from dala.data.dataset import build_transform
+
+    model = small()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    image = rgb(h=61, w=93, seed=4)  # odd sizes: any resize difference would show
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    explain(model, [image], method="gradcam", target_layers=[model.body[0]], input_size=40, mean=mean, std=std)
+    expected = build_transform("eval", size=40, mean=mean, std=std)(Image.fromarray(image))  # (3, 40, 40)
+    assert seen and seen[0].shape == (1, 3, 40, 40)
+    assert torch.equal(seen[0][0], expected)
+
+
+def test_non_finite_logits_are_an_error_not_a_benign_prediction():
+    model = small()
+    with torch.no_grad():
+        model.fc.bias[0] = float("nan")
+    with pytest.raises(ExplainError, match="NaN or infinite scores for 1 of 1 image"):
+        explain(model, [rgb()], method="gradcam", target_layers=[model.body[0]])
+
+
+def test_explanation_names_the_dt_region_not_a_mask():
+    model = small()
+    (e,) = explain(model, [rgb()], method="dt-gradcam", target_layers=[model.body[0]])
+    assert e.dt_region is not None and e.dt_region_original.shape == (46, 70)
+    assert not hasattr(e, "mask") and not hasattr(e, "mask_original")

@@ -131,3 +131,36 @@ def test_cli_on_generated_synthetic_data_finds_every_mask(checkpoint, tiny_synth
     assert len(rows) == len(files) and all(r["mask"] and r["iou"] != "" for r in rows)
     assert all(r["mask"] == str(tiny_synth_root / "masks" / Path(r["image"]).relative_to(tiny_synth_root))
                for r in rows)
+
+
+def test_scores_csv_has_the_faithfulness_columns(checkpoint, dataset, tmp_path):
+    root, malignant, benign = dataset
+    out = tmp_path / "out"
+    assert main(["explain", "--run", str(checkpoint), "--images", str(malignant), str(benign), "--out", str(out),
+                 "--steps", "4", "--quiet"]) == 0
+    rows = read_csv(out / "scores.csv")
+    for r in rows:
+        assert 0 <= float(r["deletion_auc"]) <= 1 and 0 <= float(r["insertion_auc"]) <= 1
+        assert -1 <= float(r["road"]) <= 1
+    assert main(["explain", "--run", str(checkpoint), "--images", str(malignant), "--out", str(out / "b"),
+                 "--no-road", "--quiet"]) == 0
+    (r,) = read_csv(out / "b" / "scores.csv")
+    assert r["road"] == "" and r["deletion_auc"] != ""
+
+
+def test_faithfulness_command_aggregates_per_method(checkpoint, dataset, tmp_path, capsys):
+    root, malignant, benign = dataset
+    csv_out = tmp_path / "faith.csv"
+    rc = main(["faithfulness", "--run", str(checkpoint), "--images-dir", str(root), "--methods", "gradcam,random",
+               "--steps", "4", "--out", str(csv_out), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "faithfulness over 2 image(s)" in text and "95 %" in text
+    lines = {line.split()[0]: line for line in text.splitlines()[2:]}
+    assert set(lines) == {"gradcam", "random"} and "[" in lines["gradcam"]
+    rows = read_csv(csv_out)
+    assert sorted((Path(r["image"]).name, r["method"]) for r in rows) == sorted(
+        (f.name, m) for f in (malignant, benign) for m in ("gradcam", "random"))
+    assert main(["faithfulness", "--run", str(checkpoint), "--images", str(malignant), "--methods", "magic",
+                 "--quiet"]) == 2
+    assert "unknown explanation method" in capsys.readouterr().err

@@ -62,12 +62,12 @@ def test_dt_gradcam_explanation_fields():
         (e,) = explain(model, img, method="dt-gradcam", rule=rule, **kw, **params)
         t = dynamic_threshold(plain.heatmap, rule, **params)
         assert e.threshold == pytest.approx(t, abs=1e-6) and e.params["rule"] == rule
-        assert e.mask.shape == (16, 16) and e.mask.dtype == bool and e.mask_original.shape == (40, 60)
-        assert np.array_equal(e.mask, (plain.heatmap >= t) & (plain.heatmap > 0))
-        assert np.allclose(e.heatmap, np.where(e.mask, plain.heatmap, 0))
-        assert np.all(e.heatmap[~e.mask] == 0)
+        assert e.dt_region.shape == (16, 16) and e.dt_region.dtype == bool and e.dt_region_original.shape == (40, 60)
+        assert np.array_equal(e.dt_region, (plain.heatmap >= t) & (plain.heatmap > 0))
+        assert np.allclose(e.heatmap, np.where(e.dt_region, plain.heatmap, 0))
+        assert np.all(e.heatmap[~e.dt_region] == 0)
     pct = explain(model, img, method="dt-gradcam", rule="percentile", q=70.0, **kw)[0]
-    assert abs(pct.mask.mean() - 0.3) < 0.05  # top 30 % of the pixels
+    assert abs(pct.dt_region.mean() - 0.3) < 0.05  # top 30 % of the pixels
 
 
 # ----------------------------------------------------------------------------- scores
@@ -136,7 +136,7 @@ def test_score_explanation_uses_original_frame_and_dt_region():
         assert s["mask_fraction"] == pytest.approx(mask.mean())
         if method == "dt-gradcam":
             assert s["threshold"] == pytest.approx(e.threshold)
-            assert s["iou"] == pytest.approx(iou(e.mask_original, mask))
+            assert s["iou"] == pytest.approx(iou(e.dt_region_original, mask))
         else:
             region, t = dt_region(e.heatmap_original)
             assert s["iou"] == pytest.approx(iou(region, mask)) and s["threshold"] == pytest.approx(t)

@@ -358,3 +358,110 @@ def test_leaderboard_survives_concurrent_writers(hosted_env):
     board = read_leaderboard()
     assert len(board) == 20 and len({e["id"] for e in board}) == 20
     assert not [p for p in (hosted_env / "home").iterdir() if p.name.startswith(".leaderboard")]  # no temp files left
+
+
+# ---------------------------------------------------------------------------------------------
+# one path policy, bounded work, an honest leaderboard
+# ---------------------------------------------------------------------------------------------
+
+def test_check_user_path_one_refusal_for_every_forbidden_path(hosted_env, monkeypatch):
+    from dala.hosting import HostedModeError, check_user_path, path_refusal
+    from dala.hub import hub_datasets_dir
+    from dala.paths import synthetic_default_dir
+
+    own = hosted_env / "runs" / "u-aaaaaaaaaaaaaaaaaaaaaaaa"
+    other = hosted_env / "runs" / "u-bbbbbbbbbbbbbbbbbbbbbbbb"
+    (own / "r1" / "checkpoints" / "best").mkdir(parents=True)
+    (other / "r2" / "checkpoints" / "best").mkdir(parents=True)
+    model_snap = hosted_env / "hf" / "models--someone--m" / "snapshots" / ("c" * 40)
+    data_snap = hosted_env / "hf" / "datasets--someone--d" / "snapshots" / ("d" * 40)
+    model_snap.mkdir(parents=True)
+    data_snap.mkdir(parents=True)
+    link = own / "sneaky"
+    link.symlink_to(other)
+    synthetic_default_dir().mkdir(parents=True)
+    assert check_user_path(own / "r1", purpose="checkpoint", own_roots=[own]) == (own / "r1").resolve()
+    assert check_user_path(own / "r9-missing", purpose="checkpoint", own_roots=[own]).name == "r9-missing"
+    assert check_user_path(model_snap, purpose="checkpoint", own_roots=[own]) == model_snap.resolve()
+    assert check_user_path(data_snap, purpose="data") == data_snap.resolve()
+    assert check_user_path(synthetic_default_dir(), purpose="data") == synthetic_default_dir().resolve()
+    cases = {"checkpoint": [other / "r2", other / "r2" / "checkpoints" / "best", other / "nope", link, "/etc",
+                            "/definitely/missing", str(own / ".." / other.name), data_snap, "", "bad\0path",
+                            hub_datasets_dir()],
+             "data": ["/etc", "/definitely/missing", own, model_snap, str(synthetic_default_dir() / ".." / ".."), "~"]}
+    for purpose, bad in cases.items():
+        msgs = set()
+        for path in bad:
+            with pytest.raises(HostedModeError) as err:
+                check_user_path(path, purpose=purpose, own_roots=[own])
+            msgs.add(str(err.value))
+            assert not str(path) or str(path) not in str(err.value)
+        assert msgs == {path_refusal(purpose)}  # one message whether the path exists or not
+    with pytest.raises(ValueError):
+        check_user_path("/x", purpose="anything")
+    monkeypatch.delenv("DALA_HOSTED")
+    assert check_user_path("/etc", purpose="checkpoint") == Path("/etc")  # a laptop owns its disk
+
+
+def test_hosted_work_bounds(monkeypatch):
+    from dala.hosting import HOSTED_MAX_UPLOAD_PIXELS, max_upload_pixels, max_uploads
+
+    monkeypatch.delenv("DALA_HOSTED", raising=False)
+    assert max_upload_pixels() is None and max_uploads() > 24
+    monkeypatch.setenv("DALA_HOSTED", "1")
+    assert max_upload_pixels() == HOSTED_MAX_UPLOAD_PIXELS < 7900 * 5000  # issue 15's 128 KB bomb is refused
+    assert max_uploads() == 24
+    monkeypatch.setenv("DALA_MAX_UPLOAD_PIXELS", "1000")
+    assert max_upload_pixels() == 1000
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"entries": "many"}', None])
+def test_a_damaged_leaderboard_is_kept_aside_and_reported_never_overwritten(hosted_env, garbage):
+    from dala.hosting import damaged_copies, leaderboard_path, load_leaderboard, submit_to_leaderboard
+
+    path = leaderboard_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if garbage is None:
+        path.mkdir()  # a folder where the file should be
+    else:
+        path.write_bytes(garbage)
+    board = load_leaderboard()
+    assert board.entries == () and "damaged" in board.problem and "nothing is overwritten" in board.problem
+    run = _fake_run(hosted_env / "runs" / "r1", report=_report(0.7))
+    submit_to_leaderboard(run, nickname="ada")
+    kept = damaged_copies()
+    assert len(kept) == 1
+    if garbage is not None:
+        assert kept[0].read_bytes() == garbage  # the old bytes are kept, byte for byte
+    board = load_leaderboard()
+    assert [e["nickname"] for e in board.entries] == ["ada"]
+    assert "kept aside" in board.problem  # still reported, so a teacher can recover the old entries
+
+
+def test_leaderboard_ranks_only_patient_level_real_and_synthetic_apart(hosted_env):
+    from dala.hosting import leaderboard_groups, read_leaderboard, submit_to_leaderboard
+
+    runs = hosted_env / "runs"
+
+    def rep(g, split, source):
+        r = _report(g, source=source)
+        r["split"] = {"by": split, "sha256": "cd" * 32} if split else {}
+        return r
+
+    specs = {"leak": (0.99, "image", "synthetic"), "syn_good": (0.8, "patient", "synthetic"),
+             "syn_bad": (0.5, "patient", "synthetic"), "real": (0.7, "patient", "real"),
+             "nosplit": (0.95, None, "real")}
+    for name, (g, split, source) in specs.items():
+        cfg = {"model": "tiny_cnn", "magnification": None, "imbalance": "none", "mode": "quick", "epochs": 1}
+        if split:
+            cfg["split_mode"] = split
+        submit_to_leaderboard(_fake_run(runs / name, report=rep(g, split, source), config=cfg), nickname=name)
+    groups = leaderboard_groups(read_leaderboard())
+    assert [(g.title, g.ranked) for g in groups] == [
+        ("Ranking: BreakHis (real data), patient-level split", True),
+        ("Ranking: SYNTHETIC data, patient-level split", True),
+        ("Not ranked: image-level split (leaks patients)", False),
+        ("Not ranked: split not recorded", False)]
+    assert [(e["run"], e["rank"]) for e in groups[1].entries] == [("syn_good", 1), ("syn_bad", 2)]
+    assert [e["run"] for e in groups[2].entries] == ["leak"] and "rank" not in groups[2].entries[0]
+    assert "inflated" in groups[2].note and "not real tissue" in groups[1].note

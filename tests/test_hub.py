@@ -188,8 +188,8 @@ def test_cli_pull_and_ls_in_an_offline_subprocess(tmp_path, tiny_checkpoint):
 def test_unreachable_hub_fails_fast_when_not_offline(tmp_path):
     """Offline mode off but no route to the Hub: no 25 s of retries, a HubError at once."""
     port = free_port()  # nothing listens there
-    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_CACHE": str(tmp_path),
-           "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    env = {"HF_HUB_OFFLINE": "0", "DALA_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+           "HF_HUB_CACHE": str(tmp_path), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     t0 = time.perf_counter()
     out = run_cli(["hub", "pull", "nobody/missing"], env)
     assert out.returncode == 2, out.stderr
@@ -356,7 +356,7 @@ def test_push_run_sends_the_prepared_folder(tmp_path, tiny_run, monkeypatch):
                 commit_url = f"https://huggingface.co/{kw['repo_id']}/commit/abc"
             return Info()
 
-    monkeypatch.setattr(hub, "_offline_reason", lambda: None)
+    monkeypatch.setattr("dala.net.hub_offline_reason", lambda: None)  # online, as far as the gate knows
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     url = hub.push_run(tiny_run, "me/dala-tiny", token="t0k", revision="exp", private=True, subfolder="40X")
     assert url == "https://huggingface.co/me/dala-tiny/commit/abc"
@@ -545,3 +545,40 @@ def test_damaged_archive_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="damaged") as err:
         safe_extract(bad, tmp_path / "t")
     assert not isinstance(err.value, UnsafeArchiveError)
+
+
+def test_extraction_limits_are_read_at_call_time(tmp_path, monkeypatch):
+    """DALA_MAX_EXTRACT_GB / DALA_MAX_EXTRACT_MEMBERS set after import still apply (they were
+    read once at import before)."""
+    import dala.hub as hub
+    from dala.hub import UnsafeArchiveError, safe_extract
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for i in range(3):
+            info = tarfile.TarInfo(f"breakhis/f{i}.bin")
+            info.size = 4096
+            tf.addfile(info, io.BytesIO(b"\0" * 4096))
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(buf.getvalue())
+    zipped = tmp_path / "a.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"breakhis/f{i}.bin", b"\0" * 4096)
+    monkeypatch.delenv("DALA_MAX_EXTRACT_GB", raising=False)
+    monkeypatch.delenv("DALA_MAX_EXTRACT_MEMBERS", raising=False)
+    assert hub.max_extract_bytes() == 20 * 1024**3 and hub.max_extract_members() == 500_000
+    for name, value in (("DALA_MAX_EXTRACT_GB", str(8000 / 1024**3)), ("DALA_MAX_EXTRACT_MEMBERS", "2")):
+        monkeypatch.setenv(name, value)
+        for src in (archive, zipped):
+            target = tmp_path / f"t-{name}-{src.suffix}"
+            target.mkdir()
+            with pytest.raises(UnsafeArchiveError, match="would unpack to more than"):
+                safe_extract(src, target)
+            assert not any(target.iterdir())
+        monkeypatch.delenv(name)
+    for src in (archive, zipped):
+        target = tmp_path / f"ok-{src.suffix}"
+        target.mkdir()
+        safe_extract(src, target)
+        assert len(list((target / "breakhis").iterdir())) == 3

@@ -363,3 +363,38 @@ def test_validation_in_helpers():
         curve_points([0, 1], [0.1, 0.9], pos_label=2)
     with pytest.raises(DalaError, match="n_bins"):
         calibration_bins([0, 1], [0.1, 0.9], n_bins=0)
+
+
+def test_flat_metrics_is_the_one_metric_row():
+    from dala.metrics import FLAT_METRICS, METRIC_LABELS, flat_metrics, metric_label, metric_value
+
+    y, p1 = _hand_case()
+    r = classification_report(y, p1, patients=["A"] * 50 + ["B"] * 50)
+    row = flat_metrics(r)
+    assert list(row) == FLAT_METRICS and FLAT_METRICS[:len(HEADLINE_METRICS)] == HEADLINE_METRICS
+    assert row["f1_macro"] == r["macro"]["f1"] and row["sensitivity"] == r["sensitivity"] and row["n"] == 100
+    assert flat_metrics(row) == row  # an already-flat row passes through
+    assert metric_value(r, "f1_weighted") == r["weighted"]["f1"]
+    assert metric_value(r, "precision_macro") == r["macro"]["precision"]
+    assert metric_value(r, "no_such_metric") is None
+    assert flat_metrics(r, keys=["gmean", "f1_macro"]) == {"gmean": r["gmean"], "f1_macro": r["macro"]["f1"]}
+    with pytest.raises(DalaError):
+        flat_metrics([1, 2])
+    # readable labels: none truncated to snake_case, every headline metric named
+    assert metric_label("balanced_accuracy") == "Balanced accuracy"
+    assert metric_label("gmean") == "GMean" and metric_label("iba") == "IBA"
+    assert metric_label("val_balanced_accuracy") == "Validation balanced accuracy"
+    assert metric_label("val_roc_auc") == "Validation ROC-AUC"
+    assert metric_label("some_new_thing") == "Some new thing"
+    for key in FLAT_METRICS:
+        assert key in METRIC_LABELS and "_" not in METRIC_LABELS[key], key
+
+
+def test_metric_row_is_light():
+    """Pages and the hub import the metric row without scikit-learn."""
+    import subprocess
+    import sys
+
+    code = "import sys, dala.metric_row; print('sklearn' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,3 +255,135 @@ def test_round_trip_keeps_trained_batchnorm_statistics(tmp_path):
     save_checkpoint(model, tmp_path / "ck", class_names=["benign", "malignant"])
     loaded, _ = load_checkpoint(tmp_path / "ck")
     assert torch.equal(model(x), loaded(x))
+
+
+# ----------------------------------------------------------------------------- old checkpoints
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "tiny_cnn_checkpoint_v1"
+
+
+def test_checkpoint_written_before_the_redesign_still_loads():
+    # tests/data/tiny_cnn_checkpoint_v1 was written by save_checkpoint at commit c4b7d64 (before
+    # issue 13's moves); the format is a contract: it must load, and predict exactly as the loader
+    # of that commit made it predict (these eval-mode logits)
+    model, config = load_checkpoint(OLD_CHECKPOINT)
+    assert config["format_version"] == 1 and config["name"] == "tiny_cnn"
+    assert config["options"]["widths"] == [8, 16, 16, 32] and config["class_names"] == CLASSES
+    x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)
+    with torch.no_grad():
+        logits = model(x)
+    assert torch.allclose(logits, torch.tensor([[-0.11629956215620041, -0.09063660353422165]]), atol=1e-6)
+
+
+def test_a_new_checkpoint_has_the_old_format(tmp_path):
+    model, _ = load_checkpoint(OLD_CHECKPOINT)
+    folder = save_checkpoint(model, tmp_path / "again", class_names=CLASSES)
+    old = json.loads((OLD_CHECKPOINT / "config.json").read_text())
+    new = json.loads((folder / "config.json").read_text())
+    assert sorted(new) == sorted(old)
+    assert {k: new[k] for k in new if k not in ("extra", "dala_version")} == \
+        {k: old[k] for k in old if k not in ("extra", "dala_version")}
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert oct(folder.stat().st_mode & 0o777) == "0o755"  # dala.io.atomic_dir's modes
+    assert oct((folder / "model.safetensors").stat().st_mode & 0o777) == "0o644"
+
+
+# ----------------------------------------------------------------------------- one resolver
+def test_one_resolver_for_checkpoint_and_run_folders(ckpt, tmp_path):
+    from dala.models import checkpoint as C
+
+    _, folder = ckpt
+    assert C.resolve_checkpoint_folder(folder) == folder
+    assert C.resolve_checkpoint_folder(folder / "config.json") == folder
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"model": "tiny_cnn"}')  # a run's training config, not a checkpoint's
+    with pytest.raises(CheckpointError, match="holds no checkpoint yet.*train first"):
+        C.resolve_checkpoint_folder(run)
+    shutil.copytree(folder, run / "checkpoints" / "last")
+    assert C.resolve_checkpoint_folder(run) == run / "checkpoints" / "last"
+    shutil.copytree(folder, run / "checkpoints" / "best")
+    assert C.resolve_checkpoint_folder(run) == run / "checkpoints" / "best"
+    assert read_checkpoint_config(run)["name"] == "tiny_cnn"  # the config reader takes a run folder too
+    assert not hasattr(C, "_resolve_folder")
+    import dala.explain.api as api
+
+    assert not hasattr(api, "resolve_checkpoint_dir")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
+def test_a_pickle_in_a_folder_is_named_not_told_to_train(tmp_path, suffix, no_unpickling):
+    from dala.models.checkpoint import resolve_checkpoint_folder
+
+    for folder in (tmp_path / "ck", tmp_path / "run" / "checkpoints" / "best"):
+        folder.mkdir(parents=True)
+        (folder / f"model{suffix}").write_bytes(b"PK\x03\x04")
+    for path in (tmp_path / "ck", tmp_path / "run"):
+        with pytest.raises(CheckpointError) as err:
+            resolve_checkpoint_folder(path)
+        msg = str(err.value)
+        assert "holds a PyTorch pickle, which DALA Lab never loads (unsafe)" in msg
+        assert "convert it to safetensors" in msg and "train first" not in msg
+
+
+# ----------------------------------------------------------------------------- bounded work (issue 15)
+def _edit_config(folder, **changes):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("size", [60000, 8, "224", True])
+def test_an_input_size_out_of_bounds_is_refused(ckpt, size):
+    from dala.models.limits import MAX_INPUT_SIZE
+
+    _, folder = ckpt
+    _edit_config(folder, input_size=size)
+    with pytest.raises(CheckpointError, match="input_size") as err:
+        load_checkpoint(folder)
+    if size == 60000:
+        assert f"16..{MAX_INPUT_SIZE}" in str(err.value)
+    with pytest.raises(CheckpointError, match="input_size"):
+        read_checkpoint_config(folder)
+
+
+def test_bad_normalisation_is_refused(ckpt):
+    _, folder = ckpt
+    _edit_config(folder, std=[0.2, 0.0, 0.2])
+    with pytest.raises(CheckpointError, match="std must be three finite numbers above 0"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, value):
+    model = create_model("tiny_cnn", pretrained=False)
+    with torch.no_grad():
+        model.head[0].weight[0, 0] = value
+    folder = save_checkpoint(model, tmp_path / "nan", class_names=CLASSES)
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 1 tensor\(s\) \(first: head\.0\.weight\)"):
+        load_checkpoint(folder)
+
+
+def _write_raw_safetensors(path, header: bytes, *, declared: int | None = None, data: bytes = b"") -> None:
+    import struct
+
+    path.write_bytes(struct.pack("<Q", len(header) if declared is None else declared) + header + data)
+
+
+@pytest.mark.parametrize("header, declared, data", [
+    (b'{"a": 1}', 2 ** 63, b""),                                         # a huge header length
+    (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]', None, b"\0" * 8),  # bad JSON
+    (b'[1, 2, 3]', None, b""),                                           # JSON, not an object
+    (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4000000]}}', None, b"\0" * 8),  # past the end
+    (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}', None, b"\0" * 8),  # reversed
+    (b'{"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}', None, b"\0" * 8),  # negative shape
+    (b'{"a": {"dtype": "F32", "shape": [2]}}', None, b"\0" * 8),          # no offsets
+    (b'{"a": "x"}', None, b""),                                          # an entry that is not an object
+    (b'{"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}', None, b"\0" * 8),  # shape vs bytes
+    (b'{"a": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}', None, b"\0" * 8),  # unknown dtype
+])
+def test_crafted_safetensors_headers_give_a_checkpoint_error(ckpt, header, declared, data):
+    _, folder = ckpt
+    _write_raw_safetensors(folder / "model.safetensors", header, declared=declared, data=data)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(folder)

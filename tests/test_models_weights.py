@@ -62,6 +62,9 @@ def test_offline_with_empty_cache_is_fast_and_random(name, empty_caches, no_down
 def test_unreachable_server_falls_back_without_downloading(empty_caches, no_downloads, monkeypatch):
     monkeypatch.delenv("DALA_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    import huggingface_hub.constants  # imported under the tests' HF_HUB_OFFLINE=1, which dala.net honours
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(W, "can_reach", lambda host, *a, **k: False)
     src = create_model("resnet50", pretrained=True).dala_config["weight_source"]
     assert src.startswith("random (offline (download.pytorch.org unreachable)"), src
@@ -70,9 +73,11 @@ def test_unreachable_server_falls_back_without_downloading(empty_caches, no_down
 
 
 def test_probe_of_an_unresolvable_host_answers_quickly():
-    W._probe_cache.pop("no-such-host.invalid", None)
+    from dala import net
+
+    net.clear_probe_cache()
     start = time.monotonic()
-    assert W.can_reach("no-such-host.invalid", timeout=1.0) is False
+    assert net.can_reach("no-such-host.invalid", timeout=1.0) is False
     assert time.monotonic() - start < 5
 
 
@@ -164,8 +169,36 @@ def test_dinov2_weights_resampled_to_a_smaller_input(empty_caches, no_downloads,
     assert torch.equal(model.cls_token, reference.cls_token)
 
 
+def test_weights_module_keeps_no_network_or_env_helpers_of_its_own():
+    # one owner for the offline flag, the probe and the HF cache: dala.net
+    from dala import net
+
+    for name in ("_env_true", "_probe_cache", "_socket_timeout", "availability", "pretrained_ready"):
+        assert not hasattr(W, name), name
+    assert W.hf_hub_cache_dir is net.hf_hub_cache_dir and W.can_reach is net.can_reach
+
+
+def test_weights_module_does_not_import_the_registry():
+    # the registry builds models with dala.models.weights; availability reads the registry: no circle
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(W))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m and m.startswith("dala.models")}, imported
+
+
+def test_pretrained_ready_offline(empty_caches, no_downloads):
+    from dala.models.availability import pretrained_ready
+
+    assert pretrained_ready("resnet50") is False  # not cached, DALA_OFFLINE=1: no probe
+    assert pretrained_ready("tiny_cnn") is False  # no pretrained weights at all
+
+
 def test_availability_reads_only_the_cache(empty_caches, no_downloads, monkeypatch):
     from torchvision.models import VGG16_Weights
+
+    from dala.models import availability as W  # noqa: N811 (the module that answers now)
 
     assert W.availability("torchvision", VGG16_Weights.IMAGENET1K_V1) == "not cached"
     assert W.availability("timm", "seresnet50") == "not cached"

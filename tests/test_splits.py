@@ -145,3 +145,46 @@ def test_patient_split_is_stratified_by_subtype(index):
         assert per_part["train"] == set(index["subtype"])
         for part in ("val", "test"):
             assert {"A", "F", "PT", "TA", "DC", "LC", "MC", "PC"} <= per_part[part] | {"PT", "A"}
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"\x00\xff garbage \x80", "not valid JSON"),
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2, 3]", "JSON list"),
+    (b'"a string"', "JSON str"),
+    (b'{"format": "dala-split/1"}', "not a DALA split file"),
+    (b'{"format": "dala-split/1", "by": "patient", "parts": [1, 2]}', "'parts' must map"),
+    (b'{"format": "dala-split/1", "by": "patient", "parts": {"train": "abc"}}', "must be a list of image ids"),
+    (b'{"format": "dala-split/1", "by": "patient", "parts": {"train": [1, 2]}}', "must be a list of image ids"),
+    (b'{"format": "dala-split/1", "by": "patient", "parts": {"holdout": []}}', "'parts' must map"),
+    (b'{"format": "dala-split/1", "by": 7, "parts": {"train": []}}', "'by' is 7"),
+    (b'{"format": "dala-split/1", "by": "image", "parts": {"train": ["not-a-breakhis-name"]}}', "malformed"),
+    (b'{"format": "dala-split/1", "by": "image", "seed": "zero", "parts": {"train": []}}', "'seed'"),
+    (b'{"format": "dala-split/1", "by": "image", "magnification": 50, "parts": {"train": []}}', "magnification 50"),
+    (b'{"format": "dala-split/1", "by": "image", "meta": [], "parts": {"train": []}}', "'meta'"),
+    (b"[" * 100_000, "JSON|nested"),
+])
+def test_malformed_split_files_are_one_clear_error_naming_the_file(tmp_path, content, why):
+    path = tmp_path / "bad_split.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=why) as err:
+        Split.load(path)
+    assert "bad_split.json" in str(err.value)
+
+
+def test_split_file_that_is_a_folder(tmp_path):
+    with pytest.raises(DataError, match="is a folder"):
+        Split.load(tmp_path)
+
+
+def test_one_class_dataset_says_so_and_what_to_add(index):
+    benign_only = index[index["label"] == "benign"]
+    with pytest.raises(DataError, match=r"only one class \(benign.*add malignant images") as err:
+        make_split(benign_only, by="patient")
+    assert "seed" not in str(err.value)
+    with pytest.raises(DataError, match="only one class"):
+        kfold(benign_only, k=2)
+    # one class at one magnification only
+    mixed = index[(index["label"] == "malignant") | (index["magnification"] != 40)]
+    with pytest.raises(DataError, match=r"at 40X has only one class \(malignant.*add benign"):
+        make_split(mixed, magnification=40)

@@ -187,6 +187,48 @@ def test_ensure_default_dataset_replaces_stale(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
 
 
+
+def test_another_process_that_finished_first_keeps_its_dataset(tmp_path, monkeypatch):
+    root = tmp_path / "default"
+    small = {k: v for k, v in TINY.items() if k != "progress"}
+    real = synth.generate
+
+    def race(out, **kw):  # while we generate, another process completes the same dataset
+        real(out, **kw)
+        real(root, **kw)
+        (root / "theirs").write_text("kept")
+
+    monkeypatch.setattr(synth, "generate", race)
+    assert ensure_default_dataset(root=root, progress=False, params=small) == root
+    assert (root / "theirs").read_text() == "kept" and (root / "DONE").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["default"]  # ours dropped, no temp folder
+
+
+def test_the_default_follows_the_public_default_params(tmp_path, monkeypatch):
+    """The app's tests and callers set ``dala.data.synth.DEFAULT_PARAMS``; the writer module
+    reads it from the public face, so the setting holds after the split into modules."""
+    monkeypatch.setattr(synth, "DEFAULT_PARAMS", {**synth.DEFAULT_PARAMS, **{k: v for k, v in TINY.items()
+                                                                             if k != "progress"}})
+    root = ensure_default_dataset(root=tmp_path / "default", progress=False)
+    done = json.loads((root / "DONE").read_text())
+    assert done["n_patients"] == 4 and done["size"] == [48, 32] and done["images"] == 8
+
+
+def test_every_name_callers_use_stays_importable_from_the_package():
+    """Code, tests, notebooks, bench scripts and docs import these from ``dala.data.synth``."""
+    import importlib
+
+    used = ["DEFAULT_PARAMS", "GENERATOR_VERSION", "PNG_MARKER_KEY", "PNG_MARKER_TEXT", "Patient", "ProgressArg",
+            "Signature", "SynthArgumentError", "check_params", "ensure_default_dataset", "generate",
+            "patient_signature", "plan_patients", "render_image", "_finish", "_reference_stats",
+            "_malignant_nuclei"]
+    missing = [n for n in used + list(synth.__all__) if not hasattr(synth, n)]
+    assert not missing, missing
+    for mod in ("patients", "texture", "tissue", "stain_physics", "render", "writer"):
+        m = importlib.import_module(f"dala.data.synth.{mod}")
+        assert m.__doc__ and "Owns" in m.__doc__, f"{mod} must say what it owns"
+
+
 # ------------------------------------------------------------------ the shortcut lesson
 def _colour_features(root: Path):
     X, y, groups = [], [], []
@@ -237,3 +279,75 @@ def test_colour_statistics_carry_patient_not_class(tmp_path):
     assert mean["knn_patient"] <= 0.6, mean
     assert mean["knn_image"] >= 0.8, mean
     assert mean["knn_image"] - mean["knn_patient"] >= 0.25, mean
+
+
+# ------------------------------------------------------------------ markers and bad arguments
+def test_every_image_carries_the_png_marker_and_copies_stay_synthetic(tiny_synth_root, tmp_path):
+    import shutil
+
+    from dala.data.index import PNG_MARKER_KEY, scan
+
+    files = _images(tiny_synth_root)
+    with Image.open(files[0]) as im:
+        assert "SYNTHETIC" in im.info[PNG_MARKER_KEY]
+    flat = tmp_path / "copied_out"  # away from the SYNTHETIC file and the DONE marker
+    flat.mkdir()
+    for f in files[:3]:
+        shutil.copy(f, flat / f.name)
+    result = scan(flat)
+    assert result.source == "synthetic" and (result.index["source"] == "synthetic").all()
+
+
+def test_a_mix_of_real_and_copied_synthetic_images_is_not_passed_off_as_real(tiny_synth_root, real_samples, tmp_path):
+    import shutil
+
+    from dala.data.index import load_index
+
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    shutil.copy(real_samples[0], mix / real_samples[0].name)
+    f = _images(tiny_synth_root)[0]
+    shutil.copy(f, mix / f.name)
+    idx = load_index(mix)
+    assert idx.attrs["source"] == "synthetic"
+    assert dict(zip(idx["image_id"], idx["source"])) == {real_samples[0].stem: "real", f.stem: "synthetic"}
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--patients", "0"], "at least 2 patients"),
+    (["--patients", "1"], "at least 2 patients"),
+    (["--patients", "-5"], "at least 2 patients"),
+    (["--images-per-mag", "0"], "images-per-mag"),
+    (["--difficulty", "3"], "difficulty"),
+    (["--difficulty", "nan"], "difficulty"),
+])
+def test_cli_synth_bad_arguments_are_one_line(tmp_path, capsys, argv, why):
+    from dala.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and why in err and "Traceback" not in err and "\n" not in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_cli_synth_bad_size_and_out_is_a_file(tmp_path, capsys):
+    from dala.cli import main
+
+    with pytest.raises(SystemExit) as exc:  # argparse: usage and one error line, exit 2
+        main(["data", "synth", "--out", str(tmp_path / "o"), "--size", "10x10"])
+    assert exc.value.code == 2 and "350x230" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["data", "synth", "--out", str(tmp_path / "file"), "--patients", "2", "--images-per-mag", "1",
+                 "--size", "16x16"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_generate_refuses_bad_arguments_as_data_errors(tmp_path):
+    from dala.errors import DataError
+
+    for kw in (dict(n_patients=0), dict(size=(8, 8)), dict(magnifications=(40, 50)), dict(benign_fraction=1.0),
+               dict(images_per_mag=2.5)):
+        with pytest.raises(DataError):
+            generate(tmp_path / "x", **{**TINY, **kw})
+        with pytest.raises(ValueError):  # still a ValueError for code that caught that
+            generate(tmp_path / "x", **{**TINY, **kw})

@@ -303,7 +303,7 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_synth_root, tmp_path):
 
 
 def test_recommended_settings_without_pretrained_weights():
-    from dala.models.weights import pretrained_ready
+    from dala.models.availability import pretrained_ready
     from dala.train.config import recommended_settings
 
     assert recommended_settings("dala_resnet50", pretrained=True)["mode"] == "quick"

@@ -37,6 +37,16 @@ RGB_TO_YIQ = ((0.299, 0.587, 0.114),
               (0.211, -0.523, 0.312))
 
 
+def dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
+    """View 0..7 of the dihedral group D4 of ``x`` (..., H, W): ``view // 4`` horizontal flip,
+    ``view % 4`` quarter turns. Tissue has no up, so all eight are the same image to a
+    pathologist (quick mode caches them, test-time augmentation averages them)."""
+    if view >= 4:
+        x = torch.flip(x, dims=(-1,))
+    k = view % 4
+    return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
 class StainJitter(torch.nn.Module):
     """Random brightness, contrast, saturation and hue, drawn independently for every image.
 

@@ -23,6 +23,9 @@ from dala.errors import DataError
 
 CLASSES: tuple[str, str] = ("benign", "malignant")
 MAGNIFICATIONS: tuple[int, ...] = (40, 100, 200, 400)
+# how a split groups images: "patient" keeps each patient on one side (the protocol); "image"
+# splits images at random and leaks patients (kept for the lesson)
+SPLIT_BY: tuple[str, ...] = ("patient", "image")
 
 # subtype code -> (class, folder name in the official tree, readable name)
 SUBTYPES: dict[str, tuple[str, str, str]] = {

@@ -1,9 +1,12 @@
-"""``python -m dala data synth | scan | split``."""
+"""``python -m dala data synth | scan | split`` and ``python -m dala stain``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from dala.data.breakhis import MAGNIFICATIONS, SPLIT_BY
+from dala.data.stain import METHODS as STAIN_METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,13 +29,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = dsub.add_parser("split", help="make a patient-level (or leaky image-level) split and save it as JSON")
     t.add_argument("root")
-    t.add_argument("--by", choices=["patient", "image"], default="patient")
+    t.add_argument("--by", choices=SPLIT_BY, default="patient")
     t.add_argument("--test", type=float, default=0.3)
     t.add_argument("--val", type=float, default=0.15)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--magnification", type=int, choices=[40, 100, 200, 400], default=None)
+    t.add_argument("--magnification", type=int, choices=MAGNIFICATIONS, default=None)
     t.add_argument("--out", required=True, help="split file to write (.json)")
     t.set_defaults(func=_split)
+
+    n = sub.add_parser("stain", help="stain-normalise H&E images to a reference (Reinhard or Macenko)")
+    n.add_argument("images", nargs="+", metavar="IMAGE", help="images to normalise (PNG, JPEG, TIFF)")
+    n.add_argument("--method", choices=STAIN_METHODS, default="macenko")
+    n.add_argument("--reference", required=True, metavar="IMAGE", help="a typical, well-stained H&E field")
+    n.add_argument("--out", required=True, metavar="DIR", help="folder for the normalised PNGs (same names)")
+    n.set_defaults(func=_stain)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -122,3 +132,45 @@ def _split(args) -> int:
     if leaks:
         print(f"  WARNING: {len(leaks)} patients appear in more than one part (image-level split: this is the leak)")
     return 0
+
+
+def _stain(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from dala.data.images import load_rgb
+    from dala.data.stain import StainNormalizer
+    from dala.errors import CLIError, DalaError
+    from dala.io import atomic_path
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {str(out)!r} is a file: give a folder for the normalised images.")
+    stems = [Path(p).stem for p in args.images]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise CLIError(f"two inputs would both be written as {dupes[0]}.png: give images with distinct names.")
+    normalizer = StainNormalizer(args.method, reference=args.reference)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = passed = 0
+    for path in tqdm(args.images, desc=f"{args.method} normalisation", unit="img"):
+        try:
+            rgb = load_rgb(path)
+        except DalaError as exc:
+            print(f"skipped {path}: {exc}")
+            failed += 1
+            continue
+        batch = normalizer(torch.from_numpy(np.array(rgb)).permute(2, 0, 1).unsqueeze(0))  # (1, 3, H, W)
+        if not batch.normalised[0]:
+            print(f"{path}: left as it is ({batch.notes[0]})")
+            passed += 1
+        with atomic_path(out / f"{Path(path).stem}.png", suffix=".png") as tmp:
+            Image.fromarray(batch.images[0].permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    done = len(args.images) - failed
+    print(f"wrote {done} image(s) to {out} ({args.method}, reference {args.reference})"
+          + (f"; {passed} left un-normalised" if passed else "") + (f"; {failed} skipped" if failed else ""))
+    return 0 if not failed else 1

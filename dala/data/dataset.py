@@ -66,7 +66,8 @@ class BreakHisDataset(Dataset):
     """
 
     def __init__(self, frame: pd.DataFrame, *, transform=None, cache: bool = False, cache_size: int | None = None,
-                 target_column: str = "target"):
+                 target_column: str = "target", stain=None):
+        self.stain = stain  # PIL -> PIL at decode, before resizing (dala.data.stain.StainStep): once per image
         self.paths = frame["path"].tolist()
         self.targets = frame[target_column].astype(int).tolist()
         self.image_ids = frame["image_id"].tolist() if "image_id" in frame else [str(i) for i in range(len(frame))]
@@ -92,7 +93,7 @@ class BreakHisDataset(Dataset):
         arr = np.empty((len(self), self.cache_size, self.cache_size, 3), dtype=np.uint8)
 
         def work(i: int) -> None:
-            arr[i] = np.asarray(load_rgb(self.paths[i]).resize((self.cache_size, self.cache_size), Image.BILINEAR))
+            arr[i] = np.asarray(self._decode(i).resize((self.cache_size, self.cache_size), Image.BILINEAR))
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for done, _ in enumerate(pool.map(work, range(len(self))), 1):
@@ -101,12 +102,16 @@ class BreakHisDataset(Dataset):
         self._array = arr
         return self
 
+    def _decode(self, i: int) -> Image.Image:
+        im = load_rgb(self.paths[i])
+        return self.stain(im) if self.stain is not None else im
+
     def load_image(self, i: int) -> Image.Image:
         if getattr(self, "_array", None) is not None:
             return Image.fromarray(self._array[i])
         if self.cache and i in self._cache:
             return Image.fromarray(self._cache[i])
-        im = load_rgb(self.paths[i])
+        im = self._decode(i)
         if self.cache_size:
             im = im.resize((self.cache_size, self.cache_size), Image.BILINEAR)
         if self.cache:

@@ -15,7 +15,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dala.data.breakhis import CLASSES, IMAGE_EXTENSIONS, MAGNIFICATIONS, SUBTYPES, parse_name
@@ -27,6 +29,9 @@ INDEX_COLUMNS = [
 ]
 PROBLEM_COLUMNS = ["path", "reason"]
 SYNTHETIC_MARKER = "SYNTHETIC"
+# the PNG text chunk every generated image carries (read from the header): an image copied out of
+# its folder, away from the SYNTHETIC file, is still labelled synthetic
+PNG_MARKER_KEY = "dala-synthetic"
 MASKS_DIR = "masks"
 # bookkeeping files that are not data and not problems
 _IGNORED_FILES = {SYNTHETIC_MARKER, "DONE", "README.md", "README.txt", ".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -41,7 +46,12 @@ class ScanResult:
 
     @property
     def source(self) -> str:
-        return "synthetic" if is_synthetic(self.root) else "real"
+        """"synthetic" when the folder carries the SYNTHETIC marker or any image carries the PNG
+        marker chunk (a mix of real and generated images is labelled synthetic: never passed off
+        as real); else "real". Each row's ``source`` says which its image is."""
+        if is_synthetic(self.root) or (len(self.index) and bool((self.index["source"] == "synthetic").any())):
+            return "synthetic"
+        return "real"
 
 
 def is_synthetic(root: str | os.PathLike) -> bool:
@@ -52,6 +62,25 @@ def is_synthetic(root: str | os.PathLike) -> bool:
         if (folder / SYNTHETIC_MARKER).is_file():
             return True
     return False
+
+
+def optional(value: Any) -> Any:
+    """An optional index cell (``mask_path``, ...) as its value, or None when it is missing.
+
+    Missing is None, NaN, ``pd.NA`` or an empty string: pandas 3 stores a missing string as NaN,
+    and NaN is truthy, so ``if row.mask_path:`` is wrong; ``if optional(row.mask_path):`` is right.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if np.ndim(value) == 0:
+        try:
+            if pd.isna(value):
+                return None
+        except (TypeError, ValueError):
+            pass
+    return value
 
 
 def _marker_root(root: Path) -> Path | None:
@@ -85,7 +114,13 @@ def scan(root: str | os.PathLike, *, check_images: bool = True) -> ScanResult:
     rows: list[dict] = []
     problems: list[dict] = []
     seen: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    def unreadable(exc: OSError) -> None:  # os.walk skips a folder it cannot list: say so
+        where = Path(exc.filename) if exc.filename else root
+        rel = where.relative_to(root).as_posix() if where != root and root in where.parents else str(where)
+        problems.append({"path": rel + "/", "reason": f"folder cannot be read ({exc.strerror or exc}): its images are "
+                         "not indexed; fix its permissions (chmod u+rx) and scan again"})
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
         here = Path(dirpath)
         if masks_root is not None and (here == masks_root or masks_root in here.parents):
@@ -109,8 +144,9 @@ def scan(root: str | os.PathLike, *, check_images: bool = True) -> ScanResult:
             if folder_issue:
                 problems.append({"path": rel, "reason": folder_issue})
                 continue
+            marked = False
             if check_images:
-                issue = _image_header_problem(path)
+                issue, marked = _image_header(path)
                 if issue:
                     problems.append({"path": rel, "reason": issue})
                     continue
@@ -134,7 +170,7 @@ def scan(root: str | os.PathLike, *, check_images: bool = True) -> ScanResult:
                 "slide": name.slide,
                 "slide_id": name.slide_id,
                 "seq": name.seq,
-                "source": source,
+                "source": "synthetic" if marked else source,
                 "mask_path": mask_path,
             })
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
@@ -191,19 +227,32 @@ def _folder_disagreement(rel: Path, name) -> str | None:
     return None
 
 
-def _image_header_problem(path: Path) -> str | None:
-    from PIL import Image, UnidentifiedImageError
+def _image_header(path: Path) -> tuple[str | None, bool]:
+    """(problem or None, whether the PNG carries the synthetic marker chunk), from the header
+    alone: the decompression-bomb and pixel-limit checks of :mod:`dala.data.images` run here too,
+    so a 74-byte file declaring 100000x100000 pixels becomes a problem row, not a crash."""
+    from PIL import UnidentifiedImageError
+
+    from dala.data.images import _handle, open_header
+    from dala.errors import ImageInputError
 
     try:
         if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with Image.open(path) as im:
-            im.size  # header only; a full decode happens in the dataset
-    except UnidentifiedImageError:
-        return "not a readable image (unknown or corrupt format)"
+            return "empty file (0 bytes)", False
+        with _handle(path, path.name) as fh, open_header(fh, path.name) as im:
+            return None, PNG_MARKER_KEY in im.info
+    except ImageInputError as exc:
+        if isinstance(exc.__cause__, UnidentifiedImageError):
+            return "not a readable image (unknown or corrupt format)", False
+        return _reason(str(exc), path.name), False
     except OSError as exc:
-        return f"cannot be read: {exc}"
-    return None
+        return f"cannot be read: {exc.strerror or exc}", False
+
+
+def _reason(message: str, name: str) -> str:
+    """An image error as a problem reason: the path is in its own column, so drop the name."""
+    text = message[len(name):].lstrip(" :") if message.startswith(name) else message
+    return text[:1].lower() + text[1:] if text else message
 
 
 def summary(index: pd.DataFrame) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dala.data.breakhis import parse_name
+from dala.data.breakhis import CLASSES, MAGNIFICATIONS, SPLIT_BY, parse_name
 from dala.errors import DataError, SplitLeakError
 from dala.io import atomic_write_json
 
@@ -112,13 +112,38 @@ class Split:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "split") -> "Split":
+        """A split from its JSON form; anything malformed (wrong shape, wrong types, ids that are
+        not BreakHis names, a hash that does not match) is one :class:`DataError` naming ``source``."""
+        fix = "make a new one with `python -m dala data split DATA_ROOT --out split.json`"
+        if not isinstance(d, dict):
+            raise DataError(f"{source} is not a DALA split file (it holds a JSON {type(d).__name__}, not an object); {fix}.")
         if d.get("format") != FORMAT or "parts" not in d:
-            raise DataError(f"{source} is not a DALA split file (format {d.get('format')!r}); make one with `python -m dala data split`.")
+            raise DataError(f"{source} is not a DALA split file (format {d.get('format')!r}); {fix}.")
+        parts = d["parts"]
+        if not isinstance(parts, dict) or not parts or not set(parts) <= set(PARTS):
+            raise DataError(f"{source} is malformed: 'parts' must map {', '.join(PARTS)} to lists of image ids; {fix}.")
+        for part, ids in parts.items():
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise DataError(f"{source} is malformed: part {part!r} must be a list of image ids (strings); {fix}.")
+        if d.get("by") not in SPLIT_BY:
+            raise DataError(f"{source} is malformed: 'by' is {d.get('by')!r}, not one of {', '.join(SPLIT_BY)}; {fix}.")
+        fields = {"seed": (int,), "test_fraction": (int, float), "val_fraction": (int, float), "name": (str,),
+                  "meta": (dict,), "magnification": (int, type(None))}
+        for key, types in fields.items():
+            if key in d and (not isinstance(d[key], types) or isinstance(d[key], bool)):
+                raise DataError(f"{source} is malformed: {key!r} is {d[key]!r} ({type(d[key]).__name__}); {fix}.")
+        if d.get("magnification") is not None and d["magnification"] not in MAGNIFICATIONS:
+            raise DataError(f"{source} is malformed: magnification {d['magnification']!r} is not one of "
+                            f"{', '.join(map(str, MAGNIFICATIONS))}; {fix}.")
         split = cls(
-            by=d["by"], parts={p: list(v) for p, v in d["parts"].items()}, seed=d.get("seed", 0),
+            by=d["by"], parts={p: list(v) for p, v in parts.items()}, seed=d.get("seed", 0),
             test_fraction=d.get("test_fraction", 0.3), val_fraction=d.get("val_fraction", 0.0),
             magnification=d.get("magnification"), name=d.get("name", ""), meta=d.get("meta", {}),
         )
+        try:
+            split.patients()  # every id must be a BreakHis name (the patient key comes from it)
+        except DataError as exc:
+            raise DataError(f"{source} is malformed: {exc}; {fix}.") from None
         if d.get("sha256") and d["sha256"] != split.content_hash():
             raise DataError(f"{source} was modified after it was made (content hash mismatch); remake the split rather than editing it.")
         if split.by == "patient":
@@ -127,14 +152,22 @@ class Split:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Split":
+        """Read a split file; every way it can be wrong is a :class:`DataError` naming it."""
         path = Path(path)
+        label = f"split file {str(path)!r}"
+        if path.is_dir():
+            raise DataError(f"{label} is a folder: pass the split's .json file.")
         if not path.is_file():
-            raise DataError(f"split file {str(path)!r} does not exist.")
+            raise DataError(f"{label} does not exist.")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"split file {str(path)!r} is not valid JSON ({exc}).") from exc
-        return cls.from_dict(d, source=f"split file {str(path)!r}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{label} is not valid JSON ({exc}); make a new one with `python -m dala data split DATA_ROOT --out split.json`.") from exc
+        except OSError as exc:
+            raise DataError(f"{label} cannot be read ({exc.strerror or exc}).") from exc
+        except RecursionError:
+            raise DataError(f"{label} is nested too deeply to be a split file.") from None
+        return cls.from_dict(d, source=label)
 
 
 # -- making splits -----------------------------------------------------------------------
@@ -148,6 +181,21 @@ def _select(index: pd.DataFrame, magnification: int | None) -> pd.DataFrame:
     if sub.empty:
         raise DataError(f"no images at {magnification}X in this dataset (available: {sorted(index['magnification'].unique().tolist())}).")
     return sub
+
+
+def _require_both_classes(frame: pd.DataFrame, magnification: int | None) -> None:
+    """A classifier needs both classes: say which one the data lacks and what to add (no seed
+    can fix this)."""
+    present = sorted(set(frame["label"].tolist()), key=CLASSES.index)
+    if len(present) >= 2:
+        return
+    missing = [c for c in CLASSES if c not in present]
+    at = f" at {magnification}X" if magnification is not None else ""
+    raise DataError(
+        f"the dataset{at} has only one class ({', '.join(present)}: {len(frame)} images of "
+        f"{frame['patient'].nunique()} patients): add {' and '.join(missing)} images (BreakHis names "
+        f"like SOB_{missing[0][0].upper()}_...) to the folder, or choose a dataset with both classes."
+    )
 
 
 def _patient_labels(frame: pd.DataFrame) -> pd.Series:
@@ -200,11 +248,12 @@ def make_split(index: pd.DataFrame, *, by: str = "patient", test: float = 0.3, v
     :meth:`Split.leaking_patients`).
     ``test``/``val`` are fractions of the whole. ``magnification`` restricts to one.
     """
-    if by not in ("patient", "image"):
+    if by not in SPLIT_BY:
         raise DataError(f"split mode {by!r} is unknown: use 'patient' or 'image'.")
     if not (0 < test < 1) or not (0 <= val < 1) or test + val >= 1:
         raise DataError(f"fractions test={test}, val={val} must be in (0, 1) and leave room for training.")
     frame = _select(index, magnification)
+    _require_both_classes(frame, magnification)
     rng = np.random.default_rng(seed)
     parts: dict[str, list[str]] = {p: [] for p in PARTS}
     if by == "patient":
@@ -251,6 +300,7 @@ def kfold(index: pd.DataFrame, *, k: int = 5, seed: int = 0, magnification: int 
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     frame = _select(index, magnification).reset_index(drop=True)
+    _require_both_classes(frame, magnification)
     if by == "patient":
         n_pat = frame["patient"].nunique()
         if n_pat < k:

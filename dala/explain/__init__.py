@@ -2,7 +2,8 @@
 
 ``explain(model, images, method="gradcam")`` -> list of :class:`Explanation`; ``METHODS`` /
 ``list_methods()`` name the methods; ``dala.explain.faithfulness`` scores maps against ground
-truth masks and runs the model-randomisation sanity check. Names are imported lazily so that
+truth masks and runs the model-randomisation sanity check; ``faithfulness_scores`` (deletion and
+insertion AUC, ROAD: ``dala.explain.perturbation``) asks the model whether the map is faithful. Names are imported lazily so that
 ``import dala.explain.cli`` (for ``python -m dala --help``) does not import torch.
 """
 
@@ -32,6 +33,10 @@ _EXPORTS = {
     "iou_at_threshold": "dala.explain.faithfulness",
     "score_explanation": "dala.explain.faithfulness",
     "sanity_randomization": "dala.explain.faithfulness",
+    "faithfulness_scores": "dala.explain.perturbation",
+    "perturbation_curves": "dala.explain.perturbation",
+    "road_score": "dala.explain.perturbation",
+    "random_map": "dala.explain.perturbation",
 }
 
 __all__ = sorted(_EXPORTS)

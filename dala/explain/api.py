@@ -1,9 +1,10 @@
 """``explain(model, images)``: preprocess, explain, map back onto the original image, overlay.
 
-Images of any size (BreakHis 700x460, an arbitrary upload) are squashed to the model's square
-input size -- the same squash the evaluation transform does, so nothing at the edge of the field
-is cropped away -- normalised with the model's mean/std, explained in small batches, and each
-map is resized back onto the original ``W x H`` frame for the overlay. Where the input size,
+Images of any size (BreakHis 700x460, an arbitrary upload) go through the evaluation transform
+(:func:`dala.data.dataset.build_transform` ``("eval")``: squashed to the model's square input size,
+so nothing at the edge of the field is cropped away, and normalised with the model's mean/std),
+exactly the input prediction and evaluation give the model; they are explained in small batches,
+and each map is resized back onto the original ``W x H`` frame for the overlay. Where the input size,
 mean/std come from, first found wins: the keyword arguments, ``model.dala_config`` (set by the
 registry and by checkpoints: a model trained at 128 px says so there), ``spec`` (a registry
 ``ModelSpec`` or its name; found from ``dala_config["name"]`` when not given), then ImageNet
@@ -36,15 +37,21 @@ class Explanation:
     heatmap: np.ndarray            # (H_in, W_in) at the model's input resolution
     heatmap_original: np.ndarray   # (H, W) resized onto the original image frame
     overlay: np.ndarray            # (H, W, 3) uint8: colormap blended at ``alpha`` over the original
-    probs: list[float]             # softmax over the classes
-    pred: int                      # argmax class
+    probs: list[float]             # softmax over the classes, temperature-scaled when the model is calibrated
+    pred: int                      # predicted class: the locked threshold when calibrated, else the arg-max
     target: int                    # the class explained (``pred`` unless one was chosen)
     method: str
     class_names: list[str] | None = None
-    mask: np.ndarray | None = None           # (H_in, W_in) bool: DT Grad-CAM region
-    mask_original: np.ndarray | None = None  # (H, W) bool: the region on the original frame
-    threshold: float | None = None           # DT Grad-CAM threshold on the normalised map
+    # the DT Grad-CAM region (``dt-gradcam`` only; a lesion *mask* is ground truth, this is not)
+    dt_region: np.ndarray | None = None           # (H_in, W_in) bool
+    dt_region_original: np.ndarray | None = None  # (H, W) bool: the region on the original frame
+    threshold: float | None = None                # DT Grad-CAM threshold on the normalised map
+    # what the model was given (the eval transform's output): perturbation scores start from it
+    model_input: np.ndarray | None = None         # (3, H_in, W_in) float32, normalised
     params: dict[str, Any] = field(default_factory=dict)  # method parameters used
+    calibration: str = "uncalibrated"              # dala.calibration.Calibration.label of the probabilities shown
+    raw_probs: list[float] | None = None           # the softmax before the temperature
+    stain_note: str | None = None                  # stain-normalised model: why this image was left as it is
 
     @property
     def pred_label(self) -> str | None:
@@ -99,16 +106,19 @@ def _array_to_rgb(a: np.ndarray, label: str) -> np.ndarray:
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
-def preprocess(rgb: np.ndarray, *, size: int, mean: Sequence[float], std: Sequence[float]):
-    """HxWx3 uint8 -> (3, size, size) float tensor, squashed (not cropped) and normalised."""
-    import torch
+def eval_transform(*, size: int, mean: Sequence[float], std: Sequence[float]):
+    """The evaluation transform prediction and evaluation use (one owner: dala.data.dataset)."""
+    from dala.data.dataset import build_transform
+
+    return build_transform("eval", size=int(size), mean=tuple(mean), std=tuple(std))
+
+
+def preprocess(rgb: np.ndarray, *, size: int, mean: Sequence[float], std: Sequence[float], transform=None):
+    """HxWx3 uint8 -> (3, size, size) float tensor through the evaluation transform."""
     from PIL import Image
 
-    im = Image.fromarray(rgb).resize((int(size), int(size)), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-    m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
-    s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
-    return (x - m) / s
+    tf = transform if transform is not None else eval_transform(size=size, mean=mean, std=std)
+    return tf(Image.fromarray(rgb))  # (3, S, S), as predict_images feeds the model
 
 
 def resize_map(m: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -149,6 +159,8 @@ class ExplainSetup:
     std: tuple[float, ...]
     class_names: list[str] | None
     spec: Any = None
+    calibration: Any = None  # dala.calibration.Calibration (identity: uncalibrated)
+    stain: Any = None        # dala.data.stain.StainNormalizer from the checkpoint's fit, or None
 
 
 def _registry_spec(name: str):
@@ -185,8 +197,12 @@ def resolve_setup(model, *, spec=None, target_layers=None, reshape_transform=Non
     std = tuple(float(v) for v in _first(std, cfg.get("std"), getattr(spec, "std", None), IMAGENET_STD))
     if class_names is None:
         class_names = cfg.get("class_names")
+    from dala.calibration import Calibration
+    from dala.data.stain import StainNormalizer
+
     return ExplainSetup(list(target_layers), reshape_transform, input_size, mean, std,
-                        list(class_names) if class_names else None, spec)
+                        list(class_names) if class_names else None, spec,
+                        calibration=Calibration.from_config(cfg), stain=StainNormalizer.from_config(cfg.get("stain_norm")))
 
 
 def _first(*values):
@@ -273,29 +289,48 @@ def explain(model, images, *, method: str = "gradcam", target=None, spec=None, t
 def _explain_arrays(explainer, rgbs, targets, setup: ExplainSetup, alpha: float, method: str) -> list:
     import torch
 
-    x = torch.stack([preprocess(a, size=setup.input_size, mean=setup.mean, std=setup.std) for a in rgbs])
+    tf = eval_transform(size=setup.input_size, mean=setup.mean, std=setup.std)
+    model_rgbs, stain_notes = list(rgbs), [None] * len(rgbs)
+    if setup.stain is not None:  # the checkpoint was trained stain-normalised: its input is too (the overlay is not)
+        from dala.data.stain import StainStep
+
+        step = StainStep(setup.stain, size=setup.input_size)  # at the input size, as training and prediction
+        done = [step.apply(a) for a in rgbs]
+        model_rgbs, stain_notes = [np.asarray(im) for im, _ in done], [note for _, note in done]
+    x = torch.stack([preprocess(a, size=setup.input_size, mean=setup.mean, std=setup.std, transform=tf)
+                     for a in model_rgbs])  # (B, 3, S, S)
+    cal = setup.calibration
     cam_targets = None if all(t is None for t in targets) else targets
+    if cam_targets is None and cal is not None and cal.fitted:
+        cam_targets = list(targets)  # the label comes from the locked threshold: explain that class
     if cam_targets is not None and any(t is None for t in cam_targets):
         # mixed: explain the predicted class where no target was given (a cheap forward first)
         with torch.no_grad():
             was = explainer.model.training
             explainer.model.eval()
             try:
-                pred = explainer.model(x.to(next(explainer.model.parameters()).device)).argmax(1).tolist()
+                first = explainer.model(x.to(next(explainer.model.parameters()).device)).float()
             finally:
                 explainer.model.train(was)
+            pred = _decide(torch.softmax(first, dim=1).cpu().numpy().astype(np.float64), cal)[1].tolist()
         cam_targets = [p if t is None else t for t, p in zip(cam_targets, pred)]
     try:
         res = explainer.run(x, cam_targets)
     except IndexError as exc:  # ClassifierOutputTarget indexing past the logits
         raise ExplainError(f"target class out of range for this model ({exc}).") from exc
     n_classes = res.logits.shape[1]
+    bad = [i for i in range(len(rgbs)) if not np.isfinite(res.logits[i]).all()]
+    if bad:
+        raise ExplainError(
+            f"the model gave NaN or infinite scores for {len(bad)} of {len(rgbs)} image(s): there is no prediction "
+            "to explain (its weights are damaged or its training diverged); use another checkpoint or retrain.")
     for t in res.targets:
         if not 0 <= t < n_classes and t != -1:
             raise ExplainError(f"target class {t} is out of range: the model has {n_classes} classes.")
     logits = res.logits.astype(np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    raw = np.exp(logits - logits.max(axis=1, keepdims=True))
+    raw /= raw.sum(axis=1, keepdims=True)
+    probs, preds = _decide(raw, cal)
     names = setup.class_names if setup.class_names and len(setup.class_names) == n_classes else None
     out = []
     for i, rgb in enumerate(rgbs):
@@ -304,34 +339,37 @@ def _explain_arrays(explainer, rgbs, targets, setup: ExplainSetup, alpha: float,
         expl = Explanation(
             heatmap=res.maps[i].astype(np.float32), heatmap_original=hm_orig,
             overlay=make_overlay(rgb, hm_orig, alpha=alpha),
-            probs=[float(p) for p in probs[i]], pred=int(logits[i].argmax()), target=int(res.targets[i]),
+            probs=[float(p) for p in probs[i]], pred=int(preds[i]), target=int(res.targets[i]),
             method=method, class_names=list(names) if names else None,
             params={k: v for k, v in explainer.options.items()},
+            model_input=x[i].numpy().astype(np.float32, copy=True),
+            calibration=cal.label if cal is not None else "uncalibrated",
+            raw_probs=[float(p) for p in raw[i]], stain_note=stain_notes[i],
         )
-        if res.masks is not None:
-            expl.mask = res.masks[i]
-            expl.mask_original = resize_mask(res.masks[i], w, h)
+        if res.regions is not None:
+            expl.dt_region = res.regions[i]
+            expl.dt_region_original = resize_mask(res.regions[i], w, h)
             expl.threshold = float(res.thresholds[i])
         out.append(expl)
     return out
 
 
+def _decide(raw: np.ndarray, cal) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities shown (N, C), predicted class (N,)): the temperature, then the locked
+    threshold on the malignant column for two classes; uncalibrated: the softmax and its arg-max."""
+    if cal is None or not cal.fitted or not np.isfinite(raw).all():  # NaN scores are refused by the caller
+        return raw, raw.argmax(1)
+    scaled = cal.apply(raw)
+    pred = (scaled[:, 1] >= cal.threshold).astype(int) if scaled.shape[1] == 2 else scaled.argmax(1)
+    return scaled, pred
+
+
 # ----------------------------------------------------------------------------- checkpoints
-def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or a training run folder (``checkpoints/best``, else ``checkpoints/last``)."""
-    from dala.models.checkpoint import resolve_checkpoint_folder
-
-    return resolve_checkpoint_folder(path)
-
-
 def load_for_explain(path: str | os.PathLike, *, map_location: str = "cpu"):
     """``(model, setup kwargs for explain)`` from a checkpoint or run folder."""
-    folder = resolve_checkpoint_dir(path)
-    try:
-        from dala.models.checkpoint import load_checkpoint
-    except ImportError as exc:  # the models area not built yet
-        raise CheckpointError(f"cannot load checkpoints here: {exc}") from exc
-    model, config = load_checkpoint(folder, map_location=map_location)
+    from dala.models.checkpoint import load_checkpoint, resolve_checkpoint_folder
+
+    model, config = load_checkpoint(resolve_checkpoint_folder(path), map_location=map_location)
     config = dict(config or {})
     kwargs: dict[str, Any] = {}
     name = config.get("name") or config.get("model") or config.get("registry_name")

@@ -56,7 +56,7 @@ class CamResult:
     maps: np.ndarray                      # (B, H, W) float32 in [0, 1] at the input tensor's size
     logits: np.ndarray                    # (B, C) float32
     targets: list[int]                    # class explained per image (-1 for a custom target object)
-    masks: np.ndarray | None = None       # (B, H, W) bool: thresholded region (DT Grad-CAM)
+    regions: np.ndarray | None = None     # (B, H, W) bool: thresholded region (DT Grad-CAM)
     thresholds: list[float] | None = None  # per-image threshold on the normalised map (DT Grad-CAM)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -118,7 +118,7 @@ class Explainer:
                               reshape_transform=self.reshape_transform)
 
     def postprocess(self, maps: np.ndarray, result: CamResult) -> np.ndarray:
-        """Change the normalised maps (B, H, W) after the CAM; may fill ``result.masks`` etc."""
+        """Change the normalised maps (B, H, W) after the CAM; may fill ``result.regions`` etc."""
         return maps
 
     def cleanup(self, cam) -> None:

@@ -15,9 +15,9 @@ is not at hand. What we implement, with every choice visible and adjustable:
    * ``"fixed"``: ``t = value`` (default 0.5), the static baseline to compare against;
 
 3. values below ``t`` are set to 0 (the rest keep their Grad-CAM value), and the binary region
-   ``map >= t`` (and ``> 0``) is the explanation's ``mask``: the region the IoU score uses.
+   ``map >= t`` (and ``> 0``) is the explanation's ``dt_region``: the region the IoU score uses.
 
-A flat map (all equal, e.g. a zero gradient) has no region: its mask is empty.
+A flat map (all equal, e.g. a zero gradient) has no region: it is empty.
 """
 
 from __future__ import annotations
@@ -106,11 +106,11 @@ class DTGradCAMExplainer(Explainer):
 
     def postprocess(self, maps: np.ndarray, result: CamResult) -> np.ndarray:
         o = self.options
-        out, masks, thresholds = np.zeros_like(maps), np.zeros(maps.shape, dtype=bool), []
+        out, regions, thresholds = np.zeros_like(maps), np.zeros(maps.shape, dtype=bool), []
         for i, m in enumerate(maps):
             t = dynamic_threshold(m, o["rule"], k=o["k"], q=o["q"], value=o["value"])
-            out[i], masks[i] = apply_threshold(m, t)
+            out[i], regions[i] = apply_threshold(m, t)
             thresholds.append(t)
-        result.masks, result.thresholds = masks, thresholds
+        result.regions, result.thresholds = regions, thresholds
         result.extras["rule"] = {"rule": o["rule"], "k": o["k"], "q": o["q"], "value": o["value"]}
         return out

@@ -34,12 +34,21 @@ __all__ = ["pointing_game", "energy_inside", "iou", "iou_at_threshold", "score_e
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:
+    """A lesion mask given as an array, thresholded by the rule of the one mask reader
+    (:func:`dala.data.masks.read_lesion_mask`: 0..255 values above 127, 0/1 values above 0);
+    bool masks pass through, float masks count above 0.5."""
+    from dala.data.masks import THRESHOLD
+
     m = np.asarray(mask)
-    if m.ndim == 3:  # an RGB/RGBA mask image: any non-zero channel counts
+    if m.ndim == 3:  # an RGB/RGBA mask image: the brightest channel counts
         m = m[..., :3].max(axis=-1)
     if m.ndim != 2:
         raise ValueError(f"a mask must be HxW, got shape {m.shape}")
-    return m > (0.5 if m.dtype.kind == "f" else 0)
+    if m.dtype == bool:
+        return m
+    if m.dtype.kind == "f":
+        return m > 0.5
+    return m > (0 if m.size == 0 or m.max() <= 1 else THRESHOLD)
 
 
 def _on_frame(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -122,7 +131,7 @@ def score_explanation(expl, mask: np.ndarray, *, tolerance: float = 0.0, rule: s
     if not m.any():
         return {"pointing": nan, "energy_inside": nan, "iou": nan, "threshold": nan, "mask_fraction": 0.0}
     h = _on_frame(getattr(expl, "heatmap_original", expl), m.shape)
-    region = getattr(expl, "mask_original", None)
+    region = getattr(expl, "dt_region_original", None)
     threshold = getattr(expl, "threshold", None)
     if region is None:
         region, threshold = dt_region(h, rule, **rule_params)

@@ -16,15 +16,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from dala.errors import CheckpointError
-from dala.io import atomic_path, atomic_write_text, json_default
+from dala.io import atomic_dir, atomic_path, atomic_write_text, json_default
+from dala.models.limits import MAX_CLASSES, input_size_problem
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -32,6 +32,11 @@ FORMAT = "dala-checkpoint"
 FORMAT_VERSION = 1
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 _REQUIRED = ("name", "options", "num_classes", "class_names")
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap on the JSON header
+# optional top-level keys a model's dala_config carries into its checkpoint and back:
+# "stain_norm" (dala.data.stain.StainNormalizer.to_config) and "calibration" (dala.calibration)
+CARRIED_KEYS = ("stain_norm", "calibration")
+RUN_CHECKPOINTS = ("best", "last")  # under <run>/checkpoints/, the first found is used
 
 
 def _dala_version() -> str:
@@ -83,6 +88,9 @@ def save_checkpoint(model: Any, folder: str | os.PathLike, *, class_names: Seque
         "dala_version": _dala_version(),
         "extra": dict(extra or {}),
     }
+    for key in CARRIED_KEYS:  # what the model knows about its inputs and outputs travels with it
+        if cfg.get(key) is not None:
+            config[key] = cfg[key]
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"{folder} is a file; save_checkpoint writes a folder - pass a folder path")
@@ -95,46 +103,81 @@ def save_checkpoint(model: Any, folder: str | os.PathLike, *, class_names: Seque
             save_model(model, str(tmp_w), metadata=meta)
         atomic_write_text(folder / CONFIG_FILE, text)
         return folder
-    # a new folder appears complete or not at all: fill a temporary sibling, then rename it
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+    with atomic_dir(folder) as tmp:  # a new folder appears complete or not at all
         # save_model drops aliases of shared tensors and makes everything contiguous
         save_model(model, str(tmp / WEIGHTS_FILE), metadata=meta)
         (tmp / CONFIG_FILE).write_text(text, encoding="utf-8")
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            with open(tmp / name, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
-def _resolve_folder(folder: str | os.PathLike) -> Path:
-    path = Path(folder)
-    if path.is_file():
-        if path.suffix.lower() in _PICKLE_SUFFIXES or _looks_like_pickle(path):
+def _pickle_message(where: Path, pickles: Sequence[str]) -> str:
+    return (f"{where} holds {', '.join(pickles)} but no {WEIGHTS_FILE}: it holds a PyTorch pickle, which "
+            "DALA Lab never loads (unsafe): convert it to safetensors (load it yourself only if you trust it, "
+            "then re-save the model with dala.models.save_checkpoint: model.safetensors + config.json); "
+            "unpickling can run arbitrary code, so DALA Lab reads safetensors only")
+
+
+def _pickles_in(folder: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _PICKLE_SUFFIXES)
+    except OSError:
+        return []
+
+
+def _is_checkpoint_config(path: Path) -> bool:
+    """A ``config.json`` written by :func:`save_checkpoint` (a run folder's config.json is not)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except Exception:
+        return False
+
+
+def resolve_checkpoint_folder(path: str | os.PathLike) -> Path:
+    """The checkpoint folder ``path`` names: a checkpoint folder itself (or a file inside it), or
+    a training run folder (its ``checkpoints/best``, else ``checkpoints/last``).
+
+    The one resolver behind ``--checkpoint``, ``--run``, the pages, :func:`load_checkpoint` and
+    :func:`read_checkpoint_config`. Raises :class:`CheckpointError` naming what is wrong: no such
+    path, a PyTorch pickle (never loaded), another kind of file, or a run with no checkpoint yet.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix.lower() in _PICKLE_SUFFIXES or _looks_like_pickle(p):
             raise CheckpointError(
-                f"{path} is a PyTorch pickle, which dala never loads (unpickling runs arbitrary code); "
-                "convert it to a checkpoint folder with save_checkpoint (model.safetensors + config.json)"
+                f"{p} is a PyTorch pickle, which DALA Lab never loads (unsafe): convert it to safetensors, "
+                "a checkpoint folder written by save_checkpoint (model.safetensors + config.json)"
             )
-        if path.name in (WEIGHTS_FILE, CONFIG_FILE):
-            return path.parent  # the user pointed at a file inside the folder
+        if p.name in (WEIGHTS_FILE, CONFIG_FILE):
+            return p.parent  # the user pointed at a file inside the folder
         raise CheckpointError(
-            f"{path} is a file; a checkpoint is a folder holding {WEIGHTS_FILE} and {CONFIG_FILE} - pass that folder"
+            f"{p} is a file; a checkpoint is a folder holding {WEIGHTS_FILE} and {CONFIG_FILE} - pass that folder"
         )
-    if not path.exists():
+    if not p.is_dir():
         raise CheckpointError(
-            f"no checkpoint folder at {path}; pass a folder written by save_checkpoint "
-            f"(it holds {WEIGHTS_FILE} and {CONFIG_FILE})"
+            f"no checkpoint folder at {p} (the path does not exist); pass a folder written by save_checkpoint "
+            f"(it holds {WEIGHTS_FILE} and {CONFIG_FILE}) or a training run folder"
         )
-    return path
+    if (p / WEIGHTS_FILE).is_file():
+        return p
+    candidates = [p / "checkpoints" / name for name in RUN_CHECKPOINTS]
+    for cand in candidates:
+        if (cand / WEIGHTS_FILE).is_file():
+            return cand
+    for where in (p, *candidates):
+        pickles = _pickles_in(where) if where.is_dir() else []
+        if pickles:
+            raise CheckpointError(_pickle_message(where, pickles))
+    if (p / CONFIG_FILE).is_file() and _is_checkpoint_config(p / CONFIG_FILE):
+        return p  # a checkpoint folder missing its weights: the loader says so
+    raise CheckpointError(
+        f"{p} holds no checkpoint yet (no {WEIGHTS_FILE}, no checkpoints/best or checkpoints/last): "
+        "train first, or wait for the run's first epoch to finish"
+    )
 
 
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
     """The validated ``config.json`` of checkpoint ``folder`` (no weights are read)."""
-    folder = _resolve_folder(folder)
+    folder = resolve_checkpoint_folder(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -167,12 +210,38 @@ def read_checkpoint_config(folder: str | os.PathLike) -> dict:
         )
     if not isinstance(config["options"], dict):
         raise CheckpointError(f"{path}: 'options' must be an object; re-save the checkpoint")
-    n = config["num_classes"]
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or len(config["class_names"]) != n:
+    n, names = config["num_classes"], config["class_names"]
+    if (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CLASSES or not isinstance(names, list)
+            or len(names) != n):
         raise CheckpointError(
-            f"{path}: num_classes {n!r} and class_names {config['class_names']!r} disagree; re-save the checkpoint"
+            f"{path}: num_classes {n!r} (1..{MAX_CLASSES}) and class_names {names!r} disagree; re-save the checkpoint"
         )
+    _check_preprocessing(config, path)
     return config
+
+
+def _check_preprocessing(config: dict, path: Path) -> None:
+    """Input size and normalisation within bounds: a config must not make one image cost 10 GB."""
+    from dala.models.registry import get_spec
+
+    spec = get_spec(config["name"])
+    sizes = {"input_size": config.get("input_size")}
+    if spec.size_option:
+        sizes[f"options.{spec.size_option}"] = config["options"].get(spec.size_option)
+    for field, value in sizes.items():
+        problem = None if value is None else input_size_problem(value, field=field)
+        if problem:
+            raise CheckpointError(f"{path}: {problem}; this checkpoint cannot be used - re-save it with a supported size")
+    for field in ("mean", "std"):
+        value = config.get(field)
+        if value is None:
+            continue
+        ok = (isinstance(value, list) and len(value) == 3
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+              and (field == "mean" or all(v > 0 for v in value)))
+        if not ok:
+            raise CheckpointError(f"{path}: {field} must be three finite numbers{' above 0' if field == 'std' else ''}, "
+                                  f"got {value!r}; re-save the checkpoint")
 
 
 def _looks_like_pickle(path: Path) -> bool:
@@ -186,7 +255,8 @@ def _looks_like_pickle(path: Path) -> bool:
 
 
 def _check_safetensors(path: Path) -> None:
-    """Refuse pickles and truncated/corrupted files before the loader sees them."""
+    """Refuse pickles and truncated, corrupted or crafted files before the loader sees them:
+    the header's length, its JSON, and every tensor's dtype, shape and offsets are checked."""
     size = path.stat().st_size
     if _looks_like_pickle(path):
         raise CheckpointError(
@@ -198,7 +268,7 @@ def _check_safetensors(path: Path) -> None:
         if len(head) < 8:
             raise CheckpointError(f"{path} is truncated ({size} bytes); copy or download the checkpoint again")
         (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
+        if n > size - 8 or n > MAX_HEADER_BYTES:
             raise CheckpointError(
                 f"{path} is truncated or not safetensors (header says {n} bytes, file has {size}); "
                 "copy or download the checkpoint again"
@@ -206,14 +276,44 @@ def _check_safetensors(path: Path) -> None:
         raw = fh.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path} is corrupted or not safetensors (unreadable header); copy or download it again") from None
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is corrupted or not safetensors (its header is not an object); copy or download it again")
     data = size - 8 - n
-    if ends and max(ends) > data:
-        raise CheckpointError(
-            f"{path} is truncated ({data} data bytes, tensors need {max(ends)}); copy or download the checkpoint again"
-        )
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        problem = _tensor_entry_problem(entry, data)
+        if problem:
+            raise CheckpointError(f"{path} is truncated or corrupted: tensor {key!r} {problem}; "
+                                  "copy or download the checkpoint again")
+
+
+def _tensor_entry_problem(entry: Any, data_bytes: int) -> str | None:
+    if not isinstance(entry, dict):
+        return "has no description"
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(entry.get("dtype"), str):
+        return "has no dtype"
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return f"has a bad shape {shape!r}"
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        return f"has bad data_offsets {offsets!r}"
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        return f"has bad data_offsets {offsets!r}"
+    if end > data_bytes:
+        return f"needs bytes up to {end}, the file has {data_bytes} data bytes"
+    return None
+
+
+def _non_finite(state: dict) -> list[str]:
+    """Names of floating tensors holding NaN or an infinity (a diverged run, a damaged file)."""
+    import torch
+
+    return [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def load_checkpoint(folder: str | os.PathLike, *, map_location: str = "cpu") -> tuple[Any, dict]:
@@ -223,18 +323,14 @@ def load_checkpoint(folder: str | os.PathLike, *, map_location: str = "cpu") -> 
     ``dala_config`` is the checkpoint's (``weight_source`` kept, ``checkpoint`` = the folder).
     """
     import torch
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = _resolve_folder(folder)
+    folder = resolve_checkpoint_folder(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+        pickles = _pickles_in(folder)
         if pickles:
-            raise CheckpointError(
-                f"{folder} holds {', '.join(pickles)} but no {WEIGHTS_FILE}; dala loads safetensors only and "
-                "never unpickles - re-save the model with save_checkpoint"
-            )
+            raise CheckpointError(_pickle_message(folder, pickles))
         raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}; the checkpoint is incomplete - copy or save it again")
     config = read_checkpoint_config(folder)
     _check_safetensors(weights)
@@ -254,8 +350,15 @@ def load_checkpoint(folder: str | os.PathLike, *, map_location: str = "cpu") -> 
         ) from exc
     try:
         state = load_file(str(weights), device=str(map_location))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights} is corrupted ({exc}); copy or download the checkpoint again") from None
+    except Exception as exc:  # SafetensorError, OSError, ValueError, ...: a damaged file, whatever the library says
+        raise CheckpointError(f"{weights} is corrupted ({type(exc).__name__}: {exc}); "
+                              "copy or download the checkpoint again") from None
+    bad = _non_finite(state)
+    if bad:
+        raise CheckpointError(
+            f"{weights} holds NaN or infinite values in {len(bad)} tensor(s) (first: {bad[0]}); the training "
+            "that wrote it diverged or the file is damaged - use another checkpoint (e.g. the run's best) or retrain"
+        )
 
     own = model.state_dict()
     # safetensors' save_model keeps one name per shared tensor; restore aliases before comparing
@@ -300,8 +403,19 @@ def load_checkpoint(folder: str | os.PathLike, *, map_location: str = "cpu") -> 
         "std": config.get("std"),
         "class_names": config["class_names"],
         "checkpoint": str(folder),
+        **{key: config[key] for key in CARRIED_KEYS if isinstance(config.get(key), dict)},
     }
     return model, config
+
+
+def update_checkpoint_config(folder: str | os.PathLike, updates: dict) -> dict:
+    """Set top-level ``updates`` (e.g. ``{"calibration": {...}}``) in checkpoint ``folder``'s
+    config.json, atomically; the weights are not touched. Returns the new config."""
+    folder = resolve_checkpoint_folder(folder)
+    config = read_checkpoint_config(folder)
+    config.update(updates)
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2, default=json_default) + "\n")
+    return config
 
 
 def _aliases(model: Any) -> list[list[str]]:
@@ -333,19 +447,3 @@ def _metadata_name(path: Path) -> str | None:
             return (fh.metadata() or {}).get("dala_name")
     except Exception:
         return None
-
-
-def resolve_checkpoint_folder(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or a training run folder (its ``checkpoints/best``, else
-    ``checkpoints/last``): what ``--checkpoint``, ``--run`` and the pages accept."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"{str(p)!r} does not exist: pass a checkpoint folder (model.safetensors + config.json) "
-                              "or a training run folder.")
-    if (p / "model.safetensors").is_file():
-        return p
-    for cand in (p / "checkpoints" / "best", p / "checkpoints" / "last"):
-        if (cand / "model.safetensors").is_file():
-            return cand
-    raise CheckpointError(f"{str(p)!r} holds no checkpoint yet (no model.safetensors, no checkpoints/best or /last): "
-                          "train first, or wait for the run's first epoch to finish.")

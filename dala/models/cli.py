@@ -22,16 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def model_rows(num_classes: int = 2) -> list[dict]:
     """One record per registry model (no model is built, nothing is downloaded)."""
     from dala.models.registry import get_spec, list_models
-    from dala.models.weights import hub_offline, offline, spec_availability
+    from dala.models.availability import source_offline, spec_availability
 
     rows = []
     for name in list_models():
         spec = get_spec(name)
-        kind = spec.weight_ref[0]
         avail = spec_availability(spec)
         if avail == "not cached":
-            is_offline = offline() if kind == "torchvision" else hub_offline()
-            avail += " (offline: random init)" if is_offline else " (downloads on first use)"
+            avail += " (offline: random init)" if source_offline(spec) else " (downloads on first use)"
         elif avail == "none":
             avail = "none (random init)"
         rows.append({

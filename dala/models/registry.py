@@ -36,26 +36,37 @@ class ModelSpec:
 
     ``target_layers``, ``split`` and ``reshape_transform`` are plain callables (not methods):
     ``spec.target_layers(model)``, ``spec.split(model)``, ``spec.reshape_transform(acts)``.
+    Fields with a default (input size, normalisation, reshape rule, ...) are stated by an entry
+    only where it differs, as timm's ``_cfg`` does.
     """
 
     name: str
     description: str
-    input_size: int  # default square input side, px
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     weights: str  # where pretrained weights come from
     target_layers: Callable[[nn.Module], list[nn.Module]]
-    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None
     split: Callable[[nn.Module], tuple[nn.Module, nn.Module]]
     builder: Callable[..., tuple[nn.Module, str]] = field(repr=False)
+    input_size: int = 224  # default square input side, px
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # CNN maps need none
     options: dict[str, Any] = field(default_factory=dict)  # accepted options and their defaults
     cam_layer: str = ""  # the CAM target as a dotted name, for tables
     split_point: str = ""  # where split() cuts, for tables
     family: str = "cnn"  # "cnn" | "transformer"
     size_option: str | None = None  # the option that sets the input size, if any
+    # the architecture as built accepts only its own input size (a position embedding of fixed
+    # length): the image size follows the model (or its size_option), never a free choice
+    fixed_input_size: bool = False
     weight_ref: tuple[str, Any] = ("none", None)  # (source kind, ref) for availability checks
     params_default: int = 0  # parameter count at num_classes=2 and default options
     head_in: int = 0  # in-features of the last Linear (each class adds head_in + 1)
+
+    @property
+    def has_pretrained(self) -> bool:
+        """The model has pretrained weights somewhere (cached here or not: see
+        :func:`dala.models.availability.pretrained_ready` for "would they load now")."""
+        return self.weight_ref[0] != "none"
 
     def param_count(self, num_classes: int = 2, **options: Any) -> int:
         """Parameters of the model :func:`create_model` builds (no weights are allocated)."""
@@ -295,11 +306,9 @@ def _add(spec: ModelSpec) -> None:
 _add(ModelSpec(
     name="dala_resnet50",
     description="DALAResNet50 (arXiv 2308.13150): ResNet50 + SE gate on layer 4 + LeakyReLU/ReLU two-layer head",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="ResNet50 backbone: torchvision ResNet50_Weights.IMAGENET1K_V2 (download.pytorch.org, "
             "torch hub cache); attention and head: random init",
     target_layers=lambda m: [m.cam_target],
-    reshape_transform=None,
     split=_split_own,
     builder=_build_dala,
     options={"attention": "se", "placement": "output", "reduction": 16, "head_dims": (512, 256),
@@ -312,10 +321,8 @@ _add(ModelSpec(
 _add(ModelSpec(
     name="resnet50",
     description="ResNet50 (He et al., CVPR 2016), torchvision, fc replaced",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="torchvision ResNet50_Weights.IMAGENET1K_V2 (download.pytorch.org, torch hub cache)",
     target_layers=lambda m: [m.layer4[-1]],
-    reshape_transform=None,
     split=_split_resnet50,
     builder=_build_resnet50,
     cam_layer="layer4[-1]",
@@ -326,10 +333,8 @@ _add(ModelSpec(
 _add(ModelSpec(
     name="seresnet50",
     description="SE-ResNet50 (Hu et al., CVPR 2018), timm seresnet50, an SE gate in every bottleneck",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="timm seresnet50.a1_in1k (Hugging Face Hub timm/seresnet50.a1_in1k, model.safetensors, HF cache)",
     target_layers=lambda m: [m.layer4[-1]],
-    reshape_transform=None,
     split=_split_seresnet50,
     builder=_build_seresnet50,
     cam_layer="layer4[-1]",
@@ -340,10 +345,8 @@ _add(ModelSpec(
 _add(ModelSpec(
     name="densenet121",
     description="DenseNet121 (Huang et al., CVPR 2017), torchvision, classifier replaced",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="torchvision DenseNet121_Weights.IMAGENET1K_V1 (download.pytorch.org, torch hub cache)",
     target_layers=lambda m: [m.features.norm5],
-    reshape_transform=None,
     split=_split_densenet121,
     builder=_build_densenet121,
     cam_layer="features.norm5",
@@ -354,10 +357,8 @@ _add(ModelSpec(
 _add(ModelSpec(
     name="vgg16",
     description="VGG16 (Simonyan and Zisserman, ICLR 2015), torchvision, last classifier layer replaced",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="torchvision VGG16_Weights.IMAGENET1K_V1 (download.pytorch.org, torch hub cache)",
     target_layers=lambda m: [m.features[29]],
-    reshape_transform=None,
     split=_split_vgg16,
     builder=_build_vgg16,
     cam_layer="features[29] (last conv ReLU)",
@@ -368,11 +369,9 @@ _add(ModelSpec(
 _add(ModelSpec(
     name="vgg16_inception",
     description="VGG16Inception (our reading): VGG16 conv features + one Inception block + two-layer head",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="VGG16 features: torchvision VGG16_Weights.IMAGENET1K_V1 (download.pytorch.org, torch hub cache); "
             "Inception block and head: random init",
     target_layers=lambda m: [m.inception],
-    reshape_transform=None,
     split=_split_own,
     builder=_build_vgg16_inception,
     options={"hidden": 256, "dropout": 0.5},
@@ -384,7 +383,6 @@ _add(ModelSpec(
 _add(ModelSpec(
     name="vit_b_16",
     description="ViT-B/16 (Dosovitskiy et al., ICLR 2021), torchvision, head replaced; fixed 224 px input",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="torchvision ViT_B_16_Weights.IMAGENET1K_V1 (download.pytorch.org, torch hub cache)",
     target_layers=lambda m: [m.encoder.layers[-1].ln_1],
     reshape_transform=_VIT_TOKENS,
@@ -393,19 +391,24 @@ _add(ModelSpec(
     cam_layer="encoder.layers[-1].ln_1 (tokens -> 14x14)",
     split_point=f"block {VIT_STEM_BLOCKS} of 12 | last 2 blocks + head",
     family="transformer",
+    fixed_input_size=True,  # a 14x14 position embedding: 224 px only
     weight_ref=("torchvision", "ViT_B_16_Weights.IMAGENET1K_V1"),
     params_default=85_800_194, head_in=768,
 ))
 _add(ModelSpec(
     name="swin_t",
     description="Swin-T (Liu et al., ICCV 2021), torchvision, head replaced",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="torchvision Swin_T_Weights.IMAGENET1K_V1 (download.pytorch.org, torch hub cache)",
-    target_layers=lambda m: [m.norm],
+    # the last block's norm2, not the final norm: above `norm` lie only a LayerNorm's affine and a
+    # pooled linear head, so Grad-CAM there is a fixed re-weighting of stage 4's feature energy and
+    # the top-randomisation check fails (Spearman 0.98 with norm + head re-initialised); norm2's
+    # map passes through the block's MLP, which the check re-initialises, and it is the localised
+    # one (norm1 feeds the window attention and gives a background-heavy map)
+    target_layers=lambda m: [m.features[-1][-1].norm2],
     reshape_transform=channels_last_to_map,
     split=_split_swin_t,
     builder=_build_swin_t,
-    cam_layer="norm (channels-last -> 7x7)",
+    cam_layer="features[-1][-1].norm2 (last block's MLP norm; channels-last -> 7x7)",
     split_point="stage 3 | stage 4 + head",
     family="transformer",
     weight_ref=("torchvision", "Swin_T_Weights.IMAGENET1K_V1"),
@@ -415,7 +418,6 @@ _add(ModelSpec(
     name="dinov2_vitb14",
     description="DINOv2 ViT-B/14 (Oquab et al., 2023), timm vit_base_patch14_dinov2, linear head; "
                 "native 518 px, built at img_size=224 by default (position embedding resampled)",
-    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights="timm vit_base_patch14_dinov2.lvd142m, self-supervised on LVD-142M (Hugging Face Hub "
             "timm/vit_base_patch14_dinov2.lvd142m, model.safetensors, HF cache)",
     target_layers=lambda m: [m.blocks[-1].norm1],
@@ -427,16 +429,16 @@ _add(ModelSpec(
     split_point=f"block {VIT_STEM_BLOCKS} of 12 | last 2 blocks + head",
     family="transformer",
     size_option="img_size",
+    fixed_input_size=True,  # the position embedding is sized by img_size at build: images must match it
     weight_ref=("timm", "vit_base_patch14_dinov2"),
     params_default=85_726_466, head_in=768,
 ))
 _add(ModelSpec(
     name="tiny_cnn",
     description="TinyDALA (ours, for demos and tests): 4 conv stages + SE gate + LeakyReLU/ReLU head, 64 px",
-    input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    input_size=64,
     weights="none: always random init (trains in seconds on a CPU)",
     target_layers=lambda m: [m.attention],
-    reshape_transform=None,
     split=_split_own,
     builder=_build_tiny,
     options={"widths": (32, 64, 128, 256), "attention": "se", "head_dims": (64, 32), "dropout": 0.0},

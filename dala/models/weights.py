@@ -10,74 +10,28 @@ timm on another day (or copied onto a machine with no internet) is found:
   (``$HF_HUB_CACHE`` or ``$HF_HOME/hub``; ``models--timm--<name>/snapshots/<hash>/``), found
   with ``huggingface_hub.try_to_load_from_cache``. Only safetensors are used.
 
-When a file is not cached, we only try the network if we are not told to stay offline
-(``DALA_OFFLINE=1`` for everything; ``HF_HUB_OFFLINE=1`` for the Hub) *and* a 2-second TCP probe
-of the weight server succeeds; the download itself runs under a socket timeout. Otherwise - and
+When a file is not cached, we only try the network if :mod:`dala.net` says we may
+(``DALA_OFFLINE=1`` for everything; ``HF_HUB_OFFLINE=1`` for the Hub) *and* its short TCP probe
+of the weight server succeeds; the download itself runs under ``dala.net.socket_timeout``. Otherwise - and
 on any failure - the caller gets ``None`` plus a reason and the model starts from random weights,
 its ``weight_source`` saying why ("random (offline: weights not cached at ...)"). Never a hang:
 timm's own Hub path would retry for ~25 s per file.
 
 The cache folders are read from the environment at call time (not at import), so tests and the
-app can point them elsewhere after import.
+app can point them elsewhere after import. Whether weights *would* load now, without loading
+them, is :mod:`dala.models.availability`'s question.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import socket
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
-_TRUE = {"1", "true", "yes", "on"}
-PROBE_TIMEOUT_S = 2.0
-DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
-_probe_cache: dict[str, tuple[float, bool]] = {}
-_PROBE_TTL_S = 60.0
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
-
-
-def offline() -> bool:
-    """``DALA_OFFLINE=1`` forces every weight lookup to the local caches."""
-    return _env_true("DALA_OFFLINE")
-
-
-def hub_offline() -> bool:
-    """Hub lookups stay local under ``DALA_OFFLINE`` or huggingface_hub's own ``HF_HUB_OFFLINE``."""
-    return offline() or _env_true("HF_HUB_OFFLINE")
-
-
-def can_reach(host: str, port: int = 443, *, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """A quick TCP connect to ``host:port`` (DNS failure answers at once); remembered for a minute."""
-    now = time.monotonic()
-    hit = _probe_cache.get(host)
-    if hit and now - hit[0] < _PROBE_TTL_S:
-        return hit[1]
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            ok = True
-    except OSError:
-        ok = False
-    _probe_cache[host] = (now, ok)
-    return ok
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
+from dala.net import can_reach, hf_hub_cache_dir, hub_offline, offline, offline_flag_name, socket_timeout
 
 # ---------------------------------------------------------------- torchvision
 
@@ -121,7 +75,7 @@ def torchvision_state_dict(weights: Any) -> tuple[dict | None, str]:
     path = torchvision_cache_path(weights)
     if not path.is_file():
         if offline():
-            return None, f"offline (DALA_OFFLINE=1): weights not cached at {path}"
+            return None, f"offline ({offline_flag_name(hub=False)}): weights not cached at {path}"
         host = urlparse(weights.url).hostname or ""
         if not can_reach(host):
             return None, f"offline ({host} unreachable): weights not cached at {path}"
@@ -129,7 +83,7 @@ def torchvision_state_dict(weights: Any) -> tuple[dict | None, str]:
             import torch.hub
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
+            with socket_timeout():
                 torch.hub.download_url_to_file(weights.url, str(path), progress=True)
         except Exception as exc:  # network trouble of any kind: fall back, say why
             return None, f"download of {weights.url} failed ({type(exc).__name__}: {exc})"
@@ -187,16 +141,6 @@ def apply_torchvision(model: Any, weights: Any, *, new_prefixes: tuple[str, ...]
 # ---------------------------------------------------------------- timm / Hugging Face Hub
 
 
-def hf_hub_cache_dir() -> Path:
-    """The HF Hub cache, read from the environment now: ``$HF_HUB_CACHE`` or ``$HF_HOME/hub``."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
 def timm_hub_id(timm_name: str) -> tuple[str, str | None]:
     """``("timm/seresnet50.a1_in1k", revision)`` for a timm model name (default pretrained tag)."""
     from timm.models import get_pretrained_cfg
@@ -221,14 +165,14 @@ def timm_cached_file(timm_name: str) -> tuple[Path | None, str]:
         return Path(hit), ""
     where = cache_dir / ("models--" + repo_id.replace("/", "--"))
     if hub_offline():
-        flag = "DALA_OFFLINE=1" if offline() else "HF_HUB_OFFLINE=1"
+        flag = offline_flag_name(hub=True)
         return None, f"offline ({flag}): weights not cached at {where}"
     if not can_reach("huggingface.co"):
         return None, f"offline (huggingface.co unreachable): weights not cached at {where}"
     try:
         from huggingface_hub import hf_hub_download
 
-        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
+        with socket_timeout():
             got = hf_hub_download(repo_id, "model.safetensors", revision=revision, cache_dir=str(cache_dir))
     except Exception as exc:
         return None, f"download of {repo_id}/model.safetensors failed ({type(exc).__name__}: {exc})"
@@ -258,50 +202,3 @@ def create_timm(timm_name: str, *, num_classes: int, pretrained: bool, dataset: 
         model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
         return model, f"random (cached weights at {path} do not load: {type(exc).__name__}; delete them to re-download)"
     return model, f"{dataset}:timm/{repo_id.split('/', 1)[-1]}"
-
-
-def availability(source: str, ref: Any) -> str:
-    """A short word on whether pretrained weights would load now, without touching the network.
-
-    ``source`` is "torchvision" (``ref`` a weights enum member), "timm" (``ref`` a timm name) or
-    "none". Used by ``python -m dala models ls``.
-    """
-    if source == "torchvision":
-        return "cached" if torchvision_cache_path(ref).is_file() else "not cached"
-    if source == "timm":
-        try:
-            repo_id, revision = timm_hub_id(ref)
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(repo_id, "model.safetensors", cache_dir=str(hf_hub_cache_dir()), revision=revision)
-        except Exception:
-            return "unknown"
-        return "cached" if isinstance(hit, str) and os.path.isfile(hit) else "not cached"
-    return "n/a"
-
-
-def spec_availability(spec: Any) -> str:
-    """:func:`availability` for a registry entry ("none" for models without pretrained weights)."""
-    kind, ref = spec.weight_ref
-    if kind == "none":
-        return "none"
-    if kind == "torchvision":
-        import torchvision.models as tvm
-
-        enum_name, member = ref.split(".")
-        ref = getattr(getattr(tvm, enum_name), member)
-    return availability(kind, ref)
-
-
-def pretrained_ready(name: str) -> bool:
-    """Would ``create_model(name, pretrained=True)`` get real pretrained weights now (cached, or
-    online)? Offline this answers from the caches alone; online it costs one short TCP probe."""
-    from dala.models.registry import get_spec
-
-    spec = get_spec(name)
-    avail = spec_availability(spec)
-    if avail in ("cached", "none"):
-        return avail == "cached"
-    if spec.weight_ref[0] == "torchvision":
-        return not offline() and can_reach("download.pytorch.org")
-    return not hub_offline() and can_reach("huggingface.co")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -32,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float)
     t.add_argument("--image-size", type=int)
     t.add_argument("--max-train-images", type=int)
+    t.add_argument("--stain-norm", choices=["none", "reinhard", "macenko"],
+                   help="stain-normalise every image where it is decoded (recorded in the checkpoint: prediction "
+                        "and explanation normalise the same way)")
+    t.add_argument("--stain-reference", metavar="IMAGE",
+                   help="the stain reference image (default: the training image nearest the median colour)")
     t.add_argument("--early-stopping", type=int)
     t.add_argument("--select-metric")
     t.add_argument("--seed", type=int)
@@ -70,59 +76,98 @@ def _parse_value(v: str):
         return v
 
 
-def build_config(args):
-    from dala.errors import CLIError
-    from dala.train.config import TrainConfig
+TRAIN_FLAGS = ["data_root", "model", "pretrained", "magnification", "split_mode", "split_file", "imbalance", "target_ratio",
+               "mode", "quick_views", "epochs", "batch_size", "lr", "image_size", "max_train_images", "stain_norm",
+               "stain_reference", "early_stopping", "select_metric", "seed", "device", "precision", "name"]
 
-    base = {}
-    if args.config:
-        try:
-            with open(args.config) as fh:
-                base = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CLIError(f"cannot read config {args.config!r}: {exc}") from exc
-    cfg = TrainConfig.from_dict(base)
-    fields = ["data_root", "model", "pretrained", "magnification", "split_mode", "split_file", "imbalance", "target_ratio",
-              "mode", "quick_views", "epochs", "batch_size", "lr", "image_size", "max_train_images", "early_stopping",
-              "select_metric", "seed", "device", "precision", "name"]
-    changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+def _read_config_file(path: str) -> dict:
+    from dala.errors import CLIError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            base = json.load(fh)
+    except IsADirectoryError:
+        raise CLIError(f"--config {path!r} is a folder: pass a config.json file.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CLIError(f"cannot read config {path!r}: {exc}") from exc
+    if not isinstance(base, dict):
+        raise CLIError(f"config {path!r} holds a {type(base).__name__}, not an object of training options.")
+    return base
+
+
+def flag_changes(args, base_options: dict | None = None) -> dict:
+    """The options the command line sets (flags given, ``--model-option`` merged into ``base_options``)."""
+    from dala.errors import CLIError
+
+    changes = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f, None) is not None}
     if args.model_option:
-        opts = dict(cfg.model_options)
+        opts = dict(base_options or {})
         for kv in args.model_option:
             if "=" not in kv:
                 raise CLIError(f"--model-option {kv!r} must look like KEY=VALUE (e.g. attention=eca)")
             k, v = kv.split("=", 1)
             opts[k] = _parse_value(v)
         changes["model_options"] = opts
-    return cfg.replace(**changes).validate()
+    return changes
+
+
+def build_config(args):
+    from dala.train.config import TrainConfig
+
+    cfg = TrainConfig.from_dict(_read_config_file(args.config) if args.config else {})
+    return cfg.replace(**flag_changes(args, cfg.model_options)).validate()
 
 
 def _train(args) -> int:
     from pathlib import Path
 
-    from dala.errors import RunError
-    from dala.io import read_json
-    from dala.train.config import TrainConfig
+    from dala.errors import CLIError, RunError
+    from dala.train.config import TrainConfig, resume_config
     from dala.train.engine import run_training
-    from dala.train.folder import RunFolder
+    from dala.train.folder import ACTIVE_STATES, RunFolder, is_run_folder, read_config
     from dala.train.runs import heavy_slot, new_run_dir
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    existing = read_json(run_dir / "config.json") if run_dir else None
-    if args.resume and not existing:
-        raise RunError(f"--resume needs --run-dir pointing at an existing run folder (with config.json); got {args.run_dir!r}.")
-    if existing and not args.config and not _any_flag(args):
-        config = TrainConfig.from_dict(existing).validate()
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise CLIError(f"--run-dir {str(run_dir)!r} is a file: pass a folder (new, or a run to --resume).")
+    existing = read_config(run_dir) if run_dir is not None and is_run_folder(run_dir) else None
+    if args.resume:
+        if existing is None:
+            raise RunError(f"--resume needs --run-dir pointing at an existing run folder (with config.json); "
+                           f"got {args.run_dir!r}.")
+        changes = flag_changes(args, existing.get("model_options"))
+        if args.config:
+            changes = {**_read_config_file(args.config), **changes}
+        config = resume_config(existing, changes)  # the run's own config; contradictions refused
+    elif existing is not None and not args.config and not _any_flag(args):
+        config = TrainConfig.from_dict(existing).validate()  # a run folder start_run wrote
     else:
         config = build_config(args)
-    run_dir = run_dir or new_run_dir(config)
+        if existing is not None and existing != config.to_dict():
+            raise RunError(f"{run_dir} already holds a run with other settings: pass --resume to continue it, "
+                           "or choose a new --run-dir (nothing was overwritten).")
+    if config.stain_reference and not args.resume:  # a bad reference is told before any folder is made
+        from dala.data.stain import StainNormalizer
+
+        StainNormalizer(config.stain_norm, reference=config.stain_reference,
+                        reference_name=f"--stain-reference {config.stain_reference!r}")
+    run_dir = run_dir or new_run_dir(config, create=int(os.environ.get("WORLD_SIZE", "1")) <= 1)  # torchrun: ranks agree
     print(f"run folder: {run_dir}", file=sys.stderr)
     folder = RunFolder(run_dir)
-    if args.queue_root:
-        with heavy_slot(args.queue_root, folder):
+    try:
+        if args.queue_root:
+            with heavy_slot(args.queue_root, folder):
+                report = run_training(config, run_dir, progress=args.progress, resume=args.resume)
+        else:
             report = run_training(config, run_dir, progress=args.progress, resume=args.resume)
-    else:
-        report = run_training(config, run_dir, progress=args.progress, resume=args.resume)
+    except Exception as exc:
+        # a launched run that fails before training (its status still says queued) says failed and why;
+        # a run another process owns (a refused second trainer) is left alone
+        st = folder.status_or_empty()
+        if st.get("state") in ACTIVE_STATES and st.get("pid") == os.getpid():
+            folder.update_status(state="failed", phase="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
     if not report:
         print(f"stopped. Resume with: python -m dala train --resume --run-dir {run_dir}", file=sys.stderr)
         return 0
@@ -136,36 +181,66 @@ def _train(args) -> int:
 
 
 def _any_flag(args) -> bool:
-    skip = {"run_dir", "resume", "config", "queue_root", "progress", "func", "command", "model_option"}
-    return any(v is not None for k, v in vars(args).items() if k not in skip) or bool(args.model_option)
+    return any(getattr(args, f, None) is not None for f in TRAIN_FLAGS) or bool(args.model_option)
 
 
 def _f(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _evaluate(args) -> int:
+def _check_output(path: str | None, flag: str) -> None:
+    """An output path must name a file in an existing folder (checked before any work is done)."""
     from pathlib import Path
 
+    from dala.errors import CLIError
+
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{flag} {path!r} is a folder: give a file name (e.g. {p / 'out.json'}).")
+    if p.parent != Path("") and p.parent.exists() and not p.parent.is_dir():
+        raise CLIError(f"{flag} {path!r}: {p.parent} is a file, not a folder.")
+    if not p.parent.exists():
+        raise CLIError(f"{flag} {path!r}: the folder {p.parent} does not exist; create it first.")
+
+
+def _check_images(paths: list[str]) -> None:
+    from pathlib import Path
+
+    from dala.errors import ImageInputError
+
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            raise ImageInputError(f"{path} is a folder: pass image files (e.g. {path}/*.png).")
+        if not p.exists():
+            raise ImageInputError(f"{path}: file not found.")
+        if not os.access(p, os.R_OK):
+            raise ImageInputError(f"{path} cannot be read (permission denied): check its permissions.")
+
+
+def _evaluate(args) -> int:
     from dala.data import load_index, resolve_dataset
-    from dala.data.splits import Split
     from dala.errors import DataError
-    from dala.io import atomic_write_json, read_json
+    from dala.io import atomic_write_json
     from dala.metrics import classification_report
+    from dala.train.folder import load_split, read_config, split_path
     from dala.train.predict import load_for_inference, predict_images
 
+    _check_output(args.out, "--out")
     src = args.run or args.checkpoint
     model, cfg = load_for_inference(src)
-    run_cfg = (read_json(Path(args.run) / "config.json") if args.run else None) or cfg.get("extra", {}).get("run_config") or {}
+    run_cfg = (read_config(args.run) if args.run else None) or cfg.get("extra", {}).get("run_config") or {}
     root = resolve_dataset(args.data_root or run_cfg.get("data_root"))
     index = load_index(root)
-    split_file = args.split_file or (str(Path(args.run) / "split.json") if args.run else None)
+    split_file = args.split_file or (str(split_path(args.run)) if args.run else None)
     if args.part == "all" or not split_file:
         frame = index
         if args.part != "all":
             print("no split given: scoring every image (pass --split-file or --run for a held-out part)", file=sys.stderr)
     else:
-        frame = Split.load(split_file).frames(index)[args.part]
+        frame = load_split(split_file).frames(index)[args.part]
     if frame.empty:
         raise DataError(f"the {args.part} part is empty.")
     from tqdm.auto import tqdm
@@ -192,16 +267,22 @@ def _predict(args) -> int:
     import csv
     import io
 
-    from dala.train.predict import load_for_inference, predict_images
+    from dala.train.predict import load_for_inference, predict_calibrated
 
+    _check_output(args.csv, "--csv")
+    _check_images(args.images)
     model, cfg = load_for_inference(args.run or args.checkpoint)
     names = cfg.get("class_names", ["benign", "malignant"])
-    probs = predict_images(model, cfg, args.images)
+    probs, pred, cal = predict_calibrated(model, cfg, args.images)  # the checkpoint's temperature and threshold
+    print(f"probabilities: {cal.label}; label: "
+          + (f"malignant at p >= {cal.threshold:.3f} (locked on validation)" if cal.fitted else "the arg-max"),
+          file=sys.stderr)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["image", "prediction", *[f"p_{n}" for n in names]])
-    for path, p in zip(args.images, probs):
-        w.writerow([path, names[int(p.argmax())], *[f"{v:.4f}" for v in p]])
+    w.writerow(["image", "prediction", *[f"p_{n}" for n in names], "calibration"])
+    state = (f"temperature {cal.temperature:.3f}, threshold {cal.threshold:.3f}" if cal.fitted else "uncalibrated")
+    for path, p, k in zip(args.images, probs, pred):
+        w.writerow([path, names[int(k)], *[f"{v:.4f}" for v in p], state])
     sys.stdout.write(buf.getvalue())
     if args.csv:
         from dala.io import atomic_write_text

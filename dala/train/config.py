@@ -15,6 +15,7 @@ from dala.errors import RunError
 IMBALANCE_STRATEGIES = ("none", "class_weight", "sampler", "focal", "oversample")
 MODES = ("quick", "full")
 SPLIT_MODES = ("patient", "image")
+STAIN_NORMS = ("none", "reinhard", "macenko")
 SELECT_METRICS = ("gmean", "balanced_accuracy", "accuracy", "iba", "f1_macro", "mcc", "roc_auc", "val_loss")
 
 
@@ -28,6 +29,8 @@ class TrainConfig:
     test_fraction: float = 0.3
     val_fraction: float = 0.15
     max_train_images: int | None = None  # subsample training images (classroom speed)
+    stain_norm: str = "none"  # none | reinhard | macenko: applied where images are decoded (dala.data.stain)
+    stain_reference: str | None = None  # reference image; None: the per-dataset default (dala.data.stain.default_reference)
     # imbalance lab
     imbalance: str = "none"  # none | class_weight | sampler | focal | oversample
     focal_gamma: float = 2.0
@@ -61,6 +64,7 @@ class TrainConfig:
         def bad(msg: str) -> None:
             raise RunError(msg)
 
+        check_types(self)
         if self.imbalance not in IMBALANCE_STRATEGIES:
             bad(f"imbalance strategy {self.imbalance!r} is unknown: use one of {', '.join(IMBALANCE_STRATEGIES)}.")
         if self.mode not in MODES:
@@ -79,8 +83,21 @@ class TrainConfig:
             bad(f"target benign:malignant ratio {self.target_ratio} must be in (0, 20].")
         if not (1 <= self.quick_views <= 8):
             bad("quick_views must be between 1 and 8 (the dihedral group has 8 views).")
-        if self.image_size is not None and self.image_size < 16:
-            bad(f"image size {self.image_size} is too small (at least 16 px).")
+        if self.image_size is not None:
+            from dala.models.limits import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+
+            if not MIN_INPUT_SIZE <= self.image_size <= MAX_INPUT_SIZE:
+                bad(f"image size {self.image_size} px is outside {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} px (bounded so one "
+                    "run cannot exhaust memory); leave it out for the model's own size.")
+        if not (0 < self.test_fraction < 1) or not (0 <= self.val_fraction < 1) or self.test_fraction + self.val_fraction >= 1:
+            bad(f"test_fraction {self.test_fraction} and val_fraction {self.val_fraction} must leave room for training "
+                "(0 < test < 1, 0 <= val < 1, test + val < 1).")
+        if self.log_every < 1 or self.n_tiles < 0 or (self.num_workers is not None and self.num_workers < 0):
+            bad("log_every must be at least 1, n_tiles and num_workers at least 0.")
+        if self.stain_norm not in STAIN_NORMS:
+            bad(f"stain normalisation {self.stain_norm!r} is unknown: use one of {', '.join(STAIN_NORMS)}.")
+        if self.stain_reference is not None and self.stain_norm == "none":
+            bad("a stain reference was given without a stain normalisation: add --stain-norm reinhard|macenko.")
         if self.scheduler not in ("cosine", "none"):
             bad(f"scheduler {self.scheduler!r} is unknown: use 'cosine' or 'none'.")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -96,14 +113,77 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise RunError(f"a training config must be a JSON object of options; got a {type(d).__name__}.")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise RunError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}.")
-        return cls(**d)
+        return cls(**d).validate_types()
+
+    def validate_types(self) -> "TrainConfig":
+        check_types(self)
+        return self
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# the JSON types each option accepts (config files are typed by people: "epochs": "ten" is told, not crashed on)
+_NUM = (int, float)
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "data_root": (str,), "magnification": (int,), "split_mode": (str,), "split_file": (str,), "test_fraction": _NUM,
+    "val_fraction": _NUM, "max_train_images": (int,), "stain_norm": (str,), "stain_reference": (str,), "imbalance": (str,), "focal_gamma": _NUM, "target_ratio": _NUM,
+    "model": (str,), "model_options": (dict,), "pretrained": (bool,), "image_size": (int,), "mode": (str,),
+    "quick_views": (int,), "epochs": (int,), "batch_size": (int,), "lr": _NUM, "weight_decay": _NUM, "scheduler": (str,),
+    "early_stopping": (int,), "select_metric": (str,), "seed": (int,), "device": (str,), "precision": (str,),
+    "channels_last": (bool,), "num_workers": (int,), "log_every": (int,), "n_tiles": (int,), "name": (str,),
+}
+OPTIONAL = {"data_root", "magnification", "split_file", "max_train_images", "stain_reference", "target_ratio", "image_size", "num_workers"}
+
+
+def check_types(config: "TrainConfig") -> None:
+    """Raise RunError naming every option whose value has the wrong type."""
+    wrong = []
+    for name, types in FIELD_TYPES.items():
+        v = getattr(config, name)
+        if v is None and name in OPTIONAL:
+            continue
+        ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+        if not ok:
+            want = " or ".join("number" if t is float else {int: "whole number", str: "text", bool: "true/false",
+                                                              dict: "object"}.get(t, t.__name__) for t in types
+                               if not (t is int and float in types))
+            wrong.append(f"{name} = {v!r} (expected {want}{' or null' if name in OPTIONAL else ''})")
+    if wrong:
+        raise RunError("training options of the wrong type: " + "; ".join(wrong) + ".")
+
+
+# what a resume may change: how long it trains and where, not what it trains (never the stain setting)
+RESUME_MAY_CHANGE = ("epochs", "device", "precision", "num_workers", "log_every", "early_stopping")
+
+
+def check_resume(existing: dict, config: "TrainConfig", *, done_epochs: int | None = None) -> None:
+    """Refuse a resume whose ``config`` contradicts the run's own (``existing``, its config.json):
+    only :data:`RESUME_MAY_CHANGE` may differ, and ``epochs`` may only grow past what is done."""
+    base = TrainConfig.from_dict(existing).to_dict()
+    new = config.to_dict()
+    clash = [f"{k}: the run has {base[k]!r}, asked {new[k]!r}" for k in base if k not in RESUME_MAY_CHANGE and base[k] != new[k]]
+    if clash:
+        raise RunError("cannot resume with settings that contradict the run (" + "; ".join(clash) + "): resume "
+                       "without them (only --epochs, --device and --precision may change), or start a new run.")
+    if done_epochs is not None and config.epochs < done_epochs:
+        raise RunError(f"the run has already trained {done_epochs} epochs: --epochs must be at least {done_epochs} "
+                       "to resume it (a larger number extends it).")
+
+
+def resume_config(existing: dict, changes: dict) -> "TrainConfig":
+    """The run's own config with ``changes`` (flags given with ``--resume``) applied; a change that
+    contradicts the run is refused (:func:`check_resume`)."""
+    base = TrainConfig.from_dict(existing)
+    config = base.replace(**changes).validate()
+    check_resume(existing, config)
+    return config
 
 
 def recommended_settings(model: str, *, pretrained: bool) -> dict[str, Any]:

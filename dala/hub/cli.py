@@ -1,7 +1,7 @@
 """``python -m dala hub push | pull | ls | fetch-dataset``: the Hugging Face Hub from the command line.
 
-Import-light on purpose (``python -m dala --help`` stays instant): ``dala.hub`` and
-huggingface_hub are imported inside the handlers.
+Import-light on purpose (``python -m dala --help`` stays instant): the work modules of
+``dala.hub`` and huggingface_hub are imported inside the handlers.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("repo", metavar="ID", nargs="?", help="model repo id (default: $DALA_HUB_REPO / config)")
     q.add_argument("--revision", default="main", help="branch, tag or commit hash (default main)")
     q.add_argument("--subfolder", help="checkpoint folder in the repo (see `hub ls`)")
-    q.add_argument("--cache-dir", help="Hub cache folder (default: $HF_HUB_CACHE or $HF_HOME/hub)")
+    q.add_argument("--cache-dir", help="Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub)")
     q.add_argument("--refresh", action="store_true", help="ask the Hub first even if a copy is cached")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=_pull)
@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--dest", help="folder to extract into (default $DALA_HOME/hub_datasets/<repo>/<commit>)")
     f.add_argument("--cache-dir")
     f.set_defaults(func=_fetch)
+
+    from dala.study.publish import register_push_study  # push-study: a study's checkpoints (dala.study)
+
+    register_push_study(hs)
 
     hub.set_defaults(func=lambda args: (hub.print_help(), 2)[1])
 
