@@ -214,10 +214,9 @@ def run_calibration(report: Mapping | None, config: Mapping | None = None):
 
 
 def _flat(rep: Mapping | None) -> dict:
-    rep = rep or {}
-    macro = rep.get("macro") or {}
-    out = {m: rep.get(m) for m in CALIBRATION_METRICS if m != "f1_macro"}
-    out["f1_macro"] = rep.get("f1_macro", macro.get("f1"))
+    from dala.metric_row import flat_metrics
+
+    out = flat_metrics(dict(rep or {}), keys=CALIBRATION_METRICS)
     return {k: (float(v) if isinstance(v, (int, float)) else None) for k, v in out.items()}
 
 

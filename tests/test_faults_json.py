@@ -489,10 +489,7 @@ FILE_CASES = [
     FileCase("config_toml", _toml_setup, _toml_read, raw=True, must_refuse=("garbage",)),
 ]
 
-FILE_XFAIL: dict[tuple[str, str], str] = {
-    ("lab_bank_header", "strings"): "H7 dala/lab/bank.py: list_banks() checks only the header's format, so it "
-                                    "lists a bank whose header bank_problem() reports as damaged",
-}
+FILE_XFAIL: dict[tuple[str, str], str] = {}  # (case, kind) -> the known bug, while one is open
 
 
 def _file_params():

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import dala.hub.online as online
 from dala.errors import DalaError, HubError, RunError
@@ -130,33 +130,42 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, token: str | None = No
     if dry_run_dir is not None:
         return prepare_upload(run_dir, dry_run_dir, repo_id=repo_id, license=license, dataset_id=dataset_id)
     run, *_ = _check_run(run_dir)
+    hint = f"{_dry_run_hint(run, repo_id)} writes the upload folder without sending it"
+    return upload_prepared(lambda out: prepare_upload(run, out, repo_id=repo_id, license=license, dataset_id=dataset_id),
+                           repo_id, what=run.name, hint=hint, token=token, revision=revision, private=private,
+                           subfolder=sub, commit_message=commit_message or f"DALA Lab: {run.name}"
+                           + (f" -> {sub}" if sub else ""))
+
+
+def upload_prepared(prepare: Callable[[Path], Path], repo_id: str, *, what: str, hint: str, token: str | None = None,
+                    revision: str | None = None, private: bool = False, subfolder: str | None = None,
+                    commit_message: str) -> str:
+    """The one upload sequence (a run's ``push``, a study's ``push-study``): fail at once offline;
+    create the repo (and branch) first, so a Hub that does not answer fails before any local work;
+    ``prepare(out)`` writes the upload folder; one commit; every request bounded; errors as
+    :class:`HubError` naming ``what``, the endpoint and ``hint`` (the dry-run command)."""
     reason = online.offline_reason()
     if reason:
-        raise HubError(f"cannot push {run.name} to {repo_id}: the Hub ({hub_endpoint()}) cannot be reached "
-                       f"({reason}). Fix: connect to the internet ({online.UNSET_FLAGS}); "
-                       f"{_dry_run_hint(run, repo_id)} writes the upload folder without sending it")
+        raise HubError(f"cannot push {what} to {repo_id}: the Hub ({hub_endpoint()}) cannot be reached "
+                       f"({reason}). Fix: connect to the internet ({online.UNSET_FLAGS}); {hint}")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="dala-push-") as tmp:
         try:
-            with online.bounded():  # the repo first: a Hub that does not answer fails before any local work
+            with online.bounded():
                 api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
                 if revision and revision != "main":
                     api.create_branch(repo_id, branch=revision, exist_ok=True)
-                folder = prepare_upload(run, Path(tmp) / "upload", repo_id=repo_id, license=license,
-                                        dataset_id=dataset_id)
-                info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sub,
-                                         revision=revision, repo_type="model",
-                                         commit_message=commit_message or f"DALA Lab: {run.name}"
-                                         + (f" -> {sub}" if sub else ""))
+                folder = prepare(Path(tmp) / "upload")
+                info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=subfolder,
+                                         revision=revision, repo_type="model", commit_message=commit_message)
         except DalaError:
             raise
         except Exception as exc:
             if online.is_network_failure(exc):
-                raise HubError(f"cannot push {run.name} to {repo_id}: the Hub ({hub_endpoint()}) did not answer "
+                raise HubError(f"cannot push {what} to {repo_id}: the Hub ({hub_endpoint()}) did not answer "
                                f"({online.root_reason(exc)}). Fix: check your connection and HF_ENDPOINT and push "
-                               f"again; {_dry_run_hint(run, repo_id)} writes the upload folder without "
-                               "sending it") from None
-            raise online.hub_error(exc, repo_id, revision, sub, hf_hub_cache_dir()) from None
+                               f"again; {hint}") from None
+            raise online.hub_error(exc, repo_id, revision, subfolder, hf_hub_cache_dir()) from None
     return str(getattr(info, "commit_url", None) or info)

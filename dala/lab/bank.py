@@ -294,10 +294,13 @@ def list_banks(home: Path | None = None) -> list[dict[str, Any]]:
         return out
     for p in home.iterdir():
         if p.is_dir() and not p.name.startswith("."):
+            if bank_problem(p) is not None:  # the same check the page makes: damaged banks are not listed
+                continue
             try:
                 h = json.loads((p / HEADER_FILE).read_text(encoding="utf-8"))
-                if isinstance(h, dict) and h.get("format") == FORMAT:  # a list or number there: damaged
-                    out.append({"folder": str(p), **{k: h[k] for k in ("dataset", "encoder", "views", "created")}})
-            except (OSError, ValueError, KeyError):
+                row = {"folder": str(p), **{k: h[k] for k in ("dataset", "encoder", "views", "created")}}
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
+            if isinstance(row["created"], (str, int, float)) and isinstance(row["views"], int):
+                out.append(row)
     return sorted(out, key=lambda h: h.get("created", ""), reverse=True)

@@ -10,7 +10,6 @@ on test: the test numbers in the card stay honest estimates.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -138,41 +137,20 @@ def push_study(study: str | os.PathLike, repo_id: str, *, token: str | None = No
                dataset_id: str | None = None) -> str | Path:
     """Publish the study (see the module docstring) in one commit; ``dry_run_dir``: only write the
     folder. Offline or with the Hub unreachable it fails at once with :class:`~dala.errors.HubError`."""
-    from dala.errors import DalaError, HubError
-    from dala.hub import normalize_repo_id, online
-    from dala.net import hf_hub_cache_dir, hub_endpoint
+    from dala.hub import normalize_repo_id
 
     repo_id = normalize_repo_id(repo_id)
     study = Path(study).expanduser()
     if dry_run_dir is not None:
         return prepare_study_upload(study, dry_run_dir, repo_id=repo_id, license=license, dataset_id=dataset_id)
     choose_best(study)  # nothing finished: say so before touching the network
-    reason = online.offline_reason()
-    hint = f"`python -m dala hub push-study {study} --repo {repo_id} --dry-run DIR` writes the folder without sending it"
-    if reason:
-        raise HubError(f"cannot push study {study.name} to {repo_id}: the Hub ({hub_endpoint()}) cannot be reached "
-                       f"({reason}). Fix: connect to the internet ({online.UNSET_FLAGS}); {hint}")
-    from huggingface_hub import HfApi
+    from dala.hub.push import upload_prepared
 
-    api = HfApi(token=token)
-    with tempfile.TemporaryDirectory(prefix="dala-push-study-") as tmp:
-        try:
-            with online.bounded():
-                api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-                if revision and revision != "main":
-                    api.create_branch(repo_id, branch=revision, exist_ok=True)
-                folder = prepare_study_upload(study, Path(tmp) / "upload", repo_id=repo_id, license=license,
-                                              dataset_id=dataset_id)
-                info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                         repo_type="model", commit_message=f"DALA Lab study: {study.name}")
-        except DalaError:
-            raise
-        except Exception as exc:
-            if online.is_network_failure(exc):
-                raise HubError(f"cannot push study {study.name} to {repo_id}: the Hub ({hub_endpoint()}) did not "
-                               f"answer ({online.root_reason(exc)}); {hint}") from None
-            raise online.hub_error(exc, repo_id, revision, None, hf_hub_cache_dir()) from None
-    return str(getattr(info, "commit_url", None) or info)
+    hint = f"`python -m dala hub push-study {study} --repo {repo_id} --dry-run DIR` writes the folder without sending it"
+    return upload_prepared(lambda out: prepare_study_upload(study, out, repo_id=repo_id, license=license,
+                                                            dataset_id=dataset_id),
+                           repo_id, what=f"study {study.name}", hint=hint, token=token, revision=revision,
+                           private=private, commit_message=f"DALA Lab study: {study.name}")
 
 
 def register_push_study(hub_sub) -> None:

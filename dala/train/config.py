@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from dala.data.breakhis import MAGNIFICATIONS
 from dala.errors import RunError
 
 IMBALANCE_STRATEGIES = ("none", "class_weight", "sampler", "focal", "oversample")
@@ -73,8 +74,9 @@ class TrainConfig:
             bad(f"split mode {self.split_mode!r} is unknown: use 'patient' or 'image'.")
         if self.select_metric not in SELECT_METRICS:
             bad(f"select_metric {self.select_metric!r} is unknown: use one of {', '.join(SELECT_METRICS)}.")
-        if self.magnification not in (None, 40, 100, 200, 400):
-            bad(f"magnification {self.magnification} is not one of 40, 100, 200, 400 (or None for all).")
+        if self.magnification is not None and self.magnification not in MAGNIFICATIONS:
+            bad(f"magnification {self.magnification} is not one of {', '.join(map(str, MAGNIFICATIONS))} "
+                "(or None for all).")
         if self.epochs < 1 or self.batch_size < 1:
             bad("epochs and batch_size must be at least 1.")
         if not (0 < self.lr < 10):

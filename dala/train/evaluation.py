@@ -163,8 +163,7 @@ def calibrate_on_validation(frame: pd.DataFrame, probs: np.ndarray, *, select_me
 def selection_value(rep: dict, metric: str) -> float:
     if metric == "val_loss":
         return -rep["loss"]
-    if metric == "f1_macro":
-        v = rep["macro"]["f1"]
-    else:
-        v = rep.get(metric)
+    from dala.metric_row import metric_value
+
+    v = metric_value(rep, metric)  # f1_macro is report["macro"]["f1"]
     return -math.inf if v is None else float(v)
