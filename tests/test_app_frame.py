@@ -366,7 +366,7 @@ def test_readme_test_command_works_as_root_or_with_sudo_and_ci_runs_it_verbatim(
     block = readme.split("Install everything and run the whole test suite", 1)[1].split("```bash\n", 1)[1]
     lines = [ln for ln in block.split("```", 1)[0].splitlines() if ln.strip()]
     assert lines and not any(ln.lstrip().startswith("sudo ") for ln in lines)  # no sudo in a root container
-    assert lines[0].startswith("$(command -v sudo) apt-get install")
+    assert lines[0].startswith("$(command -v sudo) apt-get update -qq && $(command -v sudo) apt-get install")
     ci = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
     for ln in lines:
         assert ln in ci, ln  # CI runs exactly the README's commands

@@ -85,7 +85,8 @@ class RunFolder:
         ``--resume`` of a run still going, is refused at once)."""
         st = self.status_or_empty()
         pid = st.get("pid")
-        return FileLock(self.lock_path, timeout=0, busy_message=(
+        # a short grace: a trainer killed a moment ago releases its lock when the kernel reaps it
+        return FileLock(self.lock_path, timeout=3.0, busy_message=(
             f"run {self.path.name} is being trained by another process{f' (pid {pid})' if pid else ''}: "
             "wait for it to finish, or stop it (Train page, or send_control(run, 'stop')) before resuming it."))
 
