@@ -1,6 +1,6 @@
 """ms per 224 px image for dala.data.stain (torchstain underneath), batched, on N CPU threads.
 
-    PYTHONPATH=. python bench/bench_stain.py [--threads 2] [--batch 16] [--repeats 3]
+    python bench/bench_stain.py [--threads 2] [--batch 16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -8,13 +8,18 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from dala.data.stain import BETA, IO, METHODS, StainNormalizer
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dala.data.stain import BETA, IO, METHODS, StainNormalizer  # noqa: E402
 
 
 def main() -> None:
@@ -24,7 +29,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    files = sorted(glob.glob("../shared/breakhis_sample/*.png") + glob.glob("/work/shared/breakhis_sample/*.png"))
+    files = sorted(glob.glob(str(REPO.parent / "shared" / "breakhis_sample" / "*.png")))
     imgs = [np.asarray(Image.open(f).convert("RGB").resize((224, 224))) for f in files]
     batch = torch.from_numpy(np.stack([imgs[i % len(imgs)] for i in range(args.batch)])).permute(0, 3, 1, 2).contiguous()
     for method in METHODS:

@@ -409,7 +409,7 @@ elif not images:
 elif not chosen_methods:
     st.info("Choose at least one method.")
 else:
-    from dala.data.images import load_for_model
+    from dala.data.images import ORIGINAL_SIZE, load_for_model, max_image_side
     from dala.data.masks import read_lesion_mask
     from dala.explain.faithfulness import score_explanation
 
@@ -446,6 +446,10 @@ else:
                      "Upload a PNG, JPEG or TIFF of sensible size (BreakHis images are 700x460).")
             continue
         rgb = np.asarray(pil)
+        original = pil.info.get(ORIGINAL_SIZE)
+        if original and tuple(original) != pil.size:  # maps and overlays are drawn on the bounded frame
+            st.caption(f"shown and explained at {pil.size[0]}x{pil.size[1]} px, shrunk from {original[0]}x{original[1]} "
+                       f"(the longest side is capped at {max_image_side()} px; the model sees its own input size)")
         results = {}
         with st.spinner(f"Explaining {item['name']}..."):
             for method in chosen_methods:

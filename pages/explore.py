@@ -11,7 +11,10 @@ from dala import plots
 from dala.data.breakhis import CLASSES, MAGNIFICATIONS, SUBTYPES
 from dala.data.index import summary
 from dala.data.masks import read_lesion_mask
+from dala.data.stain_lesson import QUICK_PER_PATIENT, colour_leak_figure, colour_leak_reading, measure_colour_leak
+from dala.data.stain_lesson import table as colour_leak_table
 from dala.errors import DalaError
+from dala.hosting import hosted
 from pages import _common as ui
 
 ui.require_entrypoint()
@@ -56,6 +59,33 @@ def _stain_normalizer(method: str, reference_path: str, stamp: float):
 
     return StainNormalizer(method, reference=reference_path, reference_name=f"reference {Path(reference_path).name}"), \
         threading.Lock()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _fingerprint(root: str, stamp: float) -> str:
+    from dala.lab.bank import dataset_fingerprint  # every image's id, label, size and mtime
+
+    return dataset_fingerprint(ui.load_index_for(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _colour_leak(root: str, fingerprint: str, per_patient: int | None):
+    """The colour-only 1-NN lesson (dala.data.stain_lesson), once per dataset and image cap for
+    every session. The bar is made here, not outside: a cache hit replays this function's elements
+    (a bar, a few updates, gone), and an element from outside would not be there to replay onto."""
+    bar = st.progress(0.0, text="Reading and normalising the images...")
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        pct = int(100 * done / max(total, 1))
+        if pct // 5 > shown[0]:  # at most ~20 updates: each one is replayed on a cache hit
+            shown[0] = pct // 5
+            bar.progress(min(pct, 100) / 100, text=f"Reading and normalising the images: {done}/{total} image steps")
+
+    try:
+        return measure_colour_leak(ui.load_index_for(root), per_patient=per_patient, progress=progress)
+    finally:  # a DataError is shown by the caller: the bar must not stay behind it
+        bar.empty()
 
 
 def stain_failure_cases(image):
@@ -254,3 +284,30 @@ with t_stain:
             st.warning("Detected and left as they were: " + "; ".join(failed), icon=":material/report:")
         st.caption(f"{sum(batch.normalised)} of {len(tiles)} images normalised to the reference; the last two are "
                    "generated failure cases (mostly background, no colour), which the normaliser must detect.")
+
+    # ------------------------------------------------------------------------- the leak in colour alone
+    st.subheader("The leak in colour alone")
+    st.markdown("A **1-nearest-neighbour** classifier on six numbers per image (mean and spread of R, G, B; no "
+                "morphology), with an image-level and a patient-level split, before and after each normalisation. "
+                "Under the image-level split it can find another image of the test image's own patient by its "
+                "colour and take that patient's label: the gap between the two bars is what colour alone leaks.")
+    caps = [QUICK_PER_PATIENT] if hosted() else [QUICK_PER_PATIENT, None]  # hosted: bounded work for a shared CPU
+    c = st.columns([3, 1])
+    per_patient = c[0].radio("Images", caps, key="stain_leak_n", horizontal=True,
+                             format_func=lambda n: f"up to {n} per patient (quick)" if n else
+                             "every image (slower on a large dataset)")
+    leak_key = (root, stamp, per_patient)
+    if c[1].button("Measure the colour leak", key="stain_leak_go", type="primary"):
+        st.session_state["stain_leak_for"] = leak_key
+    if st.session_state.get("stain_leak_for") == leak_key:  # measured in this session: keep it on screen
+        try:
+            leak = _colour_leak(root, _fingerprint(root, stamp), per_patient)
+        except DalaError as exc:
+            ui.show_error(exc, what="The colour-leak lesson")
+        else:
+            st.plotly_chart(colour_leak_figure(leak), key="stain_leak_fig")
+            st.markdown(colour_leak_reading(leak))
+            st.caption(f"Measured on {leak.describe()}. Bars: balanced accuracy on each split's test part, with 95 % "
+                       "bootstrap intervals over test patients (dala.data.stain_lesson).")
+            with st.expander("The numbers"):
+                st.dataframe(colour_leak_table(leak).round(3))

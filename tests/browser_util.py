@@ -131,7 +131,7 @@ if __name__ == "__main__":  # manual screenshots
     ap.add_argument("--runs", default="/tmp/dala_shots_runs")
     ap.add_argument("--home", default="/tmp/dala_shots_home")
     ap.add_argument("--shots", default=str(REPO_ROOT / "docs" / "img" / "screenshots"))
-    ap.add_argument("--pages", default="overview,explore,train,compare,explain")
+    ap.add_argument("--pages", default="overview,explore,train,lab,compare,explain")
     args = ap.parse_args()
     env = {"DALA_RUNS": args.runs, "DALA_HOME": args.home, "DALA_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     if args.data != "default":  # "default": the synthetic default in DALA_HOME

@@ -160,3 +160,18 @@ def test_faithfulness_scores_are_shown_for_the_shown_image(env):
     assert tables and list(tables[0]["method"]) == ["gradcam"]
     row = tables[0].iloc[0]
     assert 0 <= row["deletion AUC (lower better)"] <= 1 and 0 <= row["insertion AUC (higher better)"] <= 1
+
+
+def test_an_upload_larger_than_the_side_cap_says_it_was_shrunk(monkeypatch, env, real_samples):
+    """Maps are drawn on the bounded frame, not the original: the page says so, with both sizes."""
+    monkeypatch.setenv("DALA_MAX_IMAGE_SIDE", "350")
+    at = ok(app("explain"))
+    at.multiselect(key="ex_methods").set_value(["gradcam"])
+    sample = real_samples[0]  # 700x460
+    at.file_uploader(key="ex_upload").set_value([(sample.name, sample.read_bytes(), "image/png")])
+    at.run(timeout=TIMEOUT)
+    ok(at)
+    assert "shown and explained at 350x230 px, shrunk from 700x460" in texts(at)
+    monkeypatch.setenv("DALA_MAX_IMAGE_SIDE", "1024")
+    at.run(timeout=TIMEOUT)
+    assert "shrunk from" not in texts(at)

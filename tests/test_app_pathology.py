@@ -266,3 +266,62 @@ def test_a_blank_reference_image_gets_a_clear_message_not_a_crash(monkeypatch, e
     at.radio(key="stain_method").set_value("macenko").run(timeout=TIMEOUT)
     ok(at)
     assert at.selectbox(key="stain_ref").value == first_benign["image_id"]
+
+
+def test_explore_measures_the_colour_leak_with_and_without_normalisation(env, tiny_index):
+    """The Stain tab's "leak in colour alone": the button runs dala.data.stain_lesson (bounded: up
+    to 4 images per patient by default), draws the grouped bars (image-level vs patient-level per
+    method) and says what it measured; the result stays on screen across reruns (a cache hit
+    replays, no exception)."""
+    at = ok(app("explore"))
+    tab = _stain_tab(at)
+    assert not [c for c in tab.get("plotly_chart") if "Colour-only 1-NN" in c.proto.spec]  # nothing until asked
+    assert at.radio(key="stain_leak_n").value == 4
+    at.button(key="stain_leak_go").click().run(timeout=TIMEOUT)
+    ok(at)
+
+    def leak_chart(at):
+        tab = _stain_tab(at)
+        specs = [json.loads(c.proto.spec) for c in tab.get("plotly_chart")]
+        (spec,) = [s for s in specs if "Colour-only 1-NN" in s["layout"]["title"]["text"]]
+        return tab, spec
+
+    tab, spec = leak_chart(at)
+    assert "(SYNTHETIC)" in spec["layout"]["title"]["text"]
+    bars = {d["name"]: d for d in spec["data"] if d.get("type") == "bar"}
+    assert set(bars) == {"image-level split (leaks patients)", "patient-level split"}
+    for d in bars.values():
+        assert list(d["x"]) == ["no normalisation", "Reinhard", "Macenko"]
+        assert all(0 <= v <= 1 for v in d["y"])
+    t = "\n".join(m.value for m in tab.markdown) + "\n".join(c.value for c in tab.caption)
+    n = len(tiny_index.groupby("patient").head(4))
+    assert "SYNTHETIC data, where every patient has its own stain signature" in t
+    assert f"Measured on {n} of {len(tiny_index)} images (up to 4 per patient, {tiny_index['patient'].nunique()} patients" in t
+    assert "bootstrap intervals over test patients" in t
+    # another widget elsewhere in the tab: the measurement stays, replayed from the cache
+    at.radio(key="stain_method").set_value("macenko").run(timeout=TIMEOUT)
+    ok(at)
+    leak_chart(at)
+    assert not [e.value for e in _stain_tab(at).error]
+
+
+def test_the_colour_leak_on_a_dataset_with_one_benign_patient_says_what_to_add(monkeypatch, env, tmp_path):
+    """A patient-level split needs a patient of each class on each side: the button gives the
+    DataError's message (how many patients, what to add), not a crash, and no chart."""
+    import shutil
+
+    from dala.data.index import load_index
+    from dala.data.synth import generate
+
+    root = generate(tmp_path / "data", seed=1, n_patients=4, images_per_mag=1, size=(96, 64), progress=False)
+    benign = load_index(root).query("label == 'benign'")
+    shutil.rmtree(Path(benign["path"].iloc[-1]).parents[1])  # the last benign patient's slide folder
+    monkeypatch.setenv("DALA_DATA_ROOT", str(root))
+    at = ok(app("explore"))
+    at.button(key="stain_leak_go").click().run(timeout=TIMEOUT)
+    ok(at)
+    tab = _stain_tab(at)
+    errors = " ".join(e.value for e in tab.error)
+    assert "The colour-leak lesson: " in errors and "at least 2 patients of each class" in errors
+    assert "1 benign patient(s)" in errors, errors
+    assert not [c for c in tab.get("plotly_chart") if "Colour-only 1-NN" in c.proto.spec]

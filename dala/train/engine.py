@@ -155,6 +155,7 @@ def set_up(config: TrainConfig, folder: RunFolder, dist: Dist, *, resuming: bool
     from dala.models import create_model, get_spec
     from dala.models.checkpoint import load_checkpoint
 
+    t_start = time.time()  # the run's clock starts here: decoding and quick mode's feature cache count
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     device = select_device(config.device)
@@ -212,10 +213,11 @@ def set_up(config: TrainConfig, folder: RunFolder, dist: Dist, *, resuming: bool
         "stain_norm": ({**stain.normalizer.to_config(), "default_reference": config.stain_reference is None}
                        if stain is not None else {"method": "none"}),
     }
+    meta["setup_time_s"] = round(time.time() - t_start, 2)
     parts = estimate_parts(config, len(targets), len(data.val) + len(data.test))
     run = Run(config=config, folder=folder, dist=dist, setup=setup, mode=mode, module=module, criterion=criterion,
               optimizer=optimizer, scheduler=scheduler, scaler=scaler, targets=targets, per_rank=per_rank,
-              steps_per_epoch=steps_per_epoch, meta=meta,
+              steps_per_epoch=steps_per_epoch, meta=meta, t_start=t_start,
               eta=LiveEta(parts, epochs=config.epochs, steps_per_epoch=steps_per_epoch),
               tiles={"tiles": [{"image_id": r.image_id, "path": r.path, "label": r.label} for r in tiles.itertuples()],
                      "epochs": []},
@@ -380,7 +382,7 @@ def test_best(run: Run) -> dict:
         "config": config.to_dict(), **run.meta,
         "stain_norm": {**run.meta["stain_norm"], **(stain.summary() if stain is not None else {})}, "best_epoch": run.best_epoch, "select_metric": config.select_metric,
         "best_value": run.best_value, "train_time_s": round(run.train_time, 2),
-        "total_time_s": round(time.time() - run.t_start, 2),
+        "total_time_s": round(time.time() - run.t_start, 2),  # set-up included, as a person waits for it
         "train_images_per_s": round(run.images_seen * run.dist.world / max(run.train_time, 1e-6), 2),
         "test": test_rep, "curves": curve_points(y, probs) if len(set(y)) > 1 else None,
         "calibration": cal.to_dict(), "calibration_label": cal.label, "test_at_threshold": test_at,
