@@ -9,10 +9,18 @@
 3. the full sweep (8 strategies x 9 ratios) on a fresh Lab;
 4. the same question answered by a quick-mode training run (recommended offline settings), and
    the ratio lab vs run;
-5. a class: N browser pages (one Chromium, async Playwright) against one ``streamlit run`` server,
-   each moving the ratio slider at once, several rounds: p50 / p95 from key press to updated
-   numbers, and the server's memory (RSS of its process tree);
-6. one student alone: slider move -> updated numbers, median of several moves.
+5. one student alone in a real Chromium (async Playwright) against one ``streamlit run`` server:
+   slider move -> updated numbers on the page, median of several moves;
+6. a class: N students against the same server, all moving the ratio slider at once, several
+   rounds: p50 / p95 / max from the move to the updated numbers, and the server's memory (RSS of
+   its process tree, peak while the class ran) and CPU. ``--driver ws`` (default): each student
+   is one Streamlit websocket session speaking Streamlit's own protocol (``bench/st_ws_client.py``),
+   so the client costs almost nothing and the figure is the server's; each student first picks a
+   strategy (student i the i-th of the 8), then moves the ratio one step in its own direction per
+   round. ``--driver browser``: N browser contexts in one Chromium, every student at the default
+   strategy (on the same 2 cores the renderers then dominate: it bounds a machine hosting both).
+
+    python bench/bench_lab.py --skip-api --skip-train --students 30 --rounds 3   # the class only
 """
 
 from __future__ import annotations
@@ -29,10 +37,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def pct(values, q):
+    """The q-th percentile (nearest rank); None for no values (a class of 0 students)."""
     values = sorted(values)
+    if not values:
+        return None
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
@@ -149,7 +161,52 @@ async def _class(server_url: str, n: int, rounds: int) -> dict:
             times += await asyncio.gather(*(move(pg, key) for pg in pages))
             await asyncio.gather(*(idle(pg) for pg in pages))
         await browser.close()
-    return {"n": len(times), "p50_s": pct(times, 50), "p95_s": pct(times, 95), "max_s": max(times)}
+    return {"n": len(times), "p50_s": pct(times, 50), "p95_s": pct(times, 95), "max_s": max(times, default=None)}
+
+
+def _cpu_tree_s(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
+class _PeakRss:
+    """The server tree's RSS, sampled every 0.25 s while a class runs: its peak."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.peak, self._stop = pid, _rss_tree_mb(pid), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(0.25):
+            try:
+                self.peak = max(self.peak, _rss_tree_mb(self.pid))
+            except Exception:  # the process tree changed under us: try again next tick
+                continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _ws_class(server_url: str, n: int, rounds: int, before_moves=None) -> dict:
+    from st_ws_client import run_class
+
+    out = asyncio.run(run_class(server_url, n, rounds, before_moves=before_moves))
+    m = out["moves"]
+    return {"n": m["n"], "p50_s": m["p50_s"], "p95_s": m["p95_s"], "max_s": m["max_s"],
+            "finished_p95_s": out["finished"]["p95_s"], "unchanged": out["unchanged"], "errors": out["errors"][:3]}
 
 
 def bench_class(args) -> dict:
@@ -160,13 +217,41 @@ def bench_class(args) -> dict:
         env["DALA_DATA_ROOT"] = str(args.data)
     if args.encoder:
         env["DALA_LAB_ENCODER"] = args.encoder
+    if args.no_warm:
+        env["DALA_LAB_WARM"] = "0"
     log = Path(tempfile.mkdtemp(prefix="bench_lab")) / "server.log"
+    out = {"driver": args.driver, "warm": not args.no_warm, "teacher_first_s": args.teacher_first}
     with StreamlitServer(env=env, log_path=log) as srv:
-        solo = asyncio.run(_class(srv.url, 1, args.solo_moves))
-        rss_before = _rss_tree_mb(srv.proc.pid)
-        crowd = asyncio.run(_class(srv.url, args.students, args.rounds))
-        rss_after = _rss_tree_mb(srv.proc.pid)
-    return {"solo": solo, "class": crowd, "server_rss_mb_1": rss_before, "server_rss_mb_class": rss_after}
+        if args.solo_moves:
+            out["solo"] = asyncio.run(_class(srv.url, 1, args.solo_moves))
+        if args.teacher_first > 0:  # the teacher opens the lab before the class: its warmer starts then
+            from st_ws_client import StreamlitSession
+
+            async def teacher():
+                async with StreamlitSession(srv.url) as s:
+                    await s.open()
+
+            asyncio.run(teacher())
+            time.sleep(args.teacher_first)
+        out["server_rss_mb_1"] = _rss_tree_mb(srv.proc.pid)
+        if args.students > 0:
+            mark = {"cpu": _cpu_tree_s(srv.proc.pid), "t": time.perf_counter()}
+
+            def before_moves():  # the moves alone (not the 30 page opens and strategy picks)
+                mark.update(cpu=_cpu_tree_s(srv.proc.pid), t=time.perf_counter())
+
+            load0 = os.getloadavg()[0]
+            with _PeakRss(srv.proc.pid) as rss:
+                if args.driver == "ws":
+                    out["class"] = _ws_class(srv.url, args.students, args.rounds, before_moves)
+                else:
+                    out["class"] = asyncio.run(_class(srv.url, args.students, args.rounds))
+            out["class_wall_s"] = time.perf_counter() - mark["t"]
+            out["server_cpu_s"] = _cpu_tree_s(srv.proc.pid) - mark["cpu"]
+            out["load"] = (load0, os.getloadavg()[0])
+            out["server_rss_mb_class"] = _rss_tree_mb(srv.proc.pid)
+            out["server_rss_mb_peak"] = rss.peak
+    return out
 
 
 def main() -> None:
@@ -176,33 +261,63 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="time a fresh bank build")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--train-epochs", type=int, default=None, help="default: the recommended offline setting")
-    ap.add_argument("--students", type=int, default=30)
+    ap.add_argument("--students", type=int, default=30, help="0: no class (the solo browser only)")
+    ap.add_argument("--driver", choices=("ws", "browser"), default="ws",
+                    help="ws: Streamlit websocket sessions (bench/st_ws_client.py); browser: Chromium contexts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--solo-moves", type=int, default=6)
-    ap.add_argument("--skip-class", action="store_true")
+    ap.add_argument("--skip-class", action="store_true", help="no server: neither the solo browser nor the class")
+    ap.add_argument("--skip-api", action="store_true", help="skip 1-3 (bank, one setting, sweep)")
+    ap.add_argument("--no-warm", action="store_true", help="DALA_LAB_WARM=0: the server answers every question afresh")
+    ap.add_argument("--teacher-first", type=float, default=0.0, metavar="SECONDS",
+                    help="one session opens the lab this long before the class (the warmer runs meanwhile)")
     args = ap.parse_args()
     print(f"# bench_lab on {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}", flush=True)
-    api = bench_api(args)
-    print(f"bank: {api['images']} images, built in {api['bank_build_s']} s "
-          f"({'now' if api['bank_built_now'] else 'earlier; reused'}); {api['encoder']}", flush=True)
-    print(f"one setting (fit + every metric): median {api['setting_ms_median']:.1f} ms, p95 "
-          f"{api['setting_ms_p95']:.1f} ms; threshold-only change {api['threshold_only_ms_median']:.1f} ms", flush=True)
-    print(f"full sweep 8 x 9: {api['sweep_s']:.2f} s; none at 1:20 {api['sweep_none_at_1_20']}, "
-          f"at 1:1 {api['sweep_none_at_1_1']}", flush=True)
+    api = None
+    if not args.skip_api:
+        api = bench_api(args)
+        print(f"bank: {api['images']} images, built in {api['bank_build_s']} s "
+              f"({'now' if api['bank_built_now'] else 'earlier; reused'}); {api['encoder']}", flush=True)
+        print(f"one setting (fit + every metric): median {api['setting_ms_median']:.1f} ms, p95 "
+              f"{api['setting_ms_p95']:.1f} ms; threshold-only change {api['threshold_only_ms_median']:.1f} ms",
+              flush=True)
+        print(f"full sweep 8 x 9: {api['sweep_s']:.2f} s; none at 1:20 {api['sweep_none_at_1_20']}, "
+              f"at 1:1 {api['sweep_none_at_1_1']}", flush=True)
     if not args.skip_train:
         tr = bench_train(args)
-        lab_s = api["lab_answer"]["ms"] / 1000
-        print(f"quick-mode run, same question (class_weight, 1:1, {tr['epochs']} epochs): {tr['train_s']:.1f} s, "
-              f"GMean {tr['gmean']:.3f}; lab {lab_s * 1000:.0f} ms, GMean {api['lab_answer']['gmean']:.3f}; "
-              f"lab is {tr['train_s'] / max(lab_s, 1e-6):.0f}x faster", flush=True)
+        line = (f"quick-mode run, same question (class_weight, 1:1, {tr['epochs']} epochs): {tr['train_s']:.1f} s, "
+                f"GMean {tr['gmean']:.3f}")
+        if api:
+            lab_s = api["lab_answer"]["ms"] / 1000
+            line += (f"; lab {lab_s * 1000:.0f} ms, GMean {api['lab_answer']['gmean']:.3f}; "
+                     f"lab is {tr['train_s'] / max(lab_s, 1e-6):.0f}x faster")
+        print(line, flush=True)
     if not args.skip_class:
         cl = bench_class(args)
-        s, c = cl["solo"], cl["class"]
-        print(f"one student in Chromium: slider -> numbers median {s['p50_s'] * 1000:.0f} ms (n={s['n']})")
-        print(f"{args.students} students at once, {args.rounds} rounds: p50 {c['p50_s']:.2f} s, p95 {c['p95_s']:.2f} s, "
-              f"max {c['max_s']:.2f} s; server RSS {cl['server_rss_mb_1']:.0f} MB (1) -> "
-              f"{cl['server_rss_mb_class']:.0f} MB ({args.students})", flush=True)
-
+        if "solo" in cl:
+            s = cl["solo"]
+            print(f"one student in Chromium: slider -> numbers median {s['p50_s'] * 1000:.0f} ms (n={s['n']})",
+                  flush=True)
+        if "class" in cl:
+            c = cl["class"]
+            drove = ("Streamlit websocket sessions (bench/st_ws_client.py; each its own strategy)"
+                     if cl["driver"] == "ws" else "browser contexts in one Chromium (default strategy)")
+            drove += "; warmer on" if cl["warm"] else "; warmer off"
+            drove += (f", the lab opened {cl['teacher_first_s']:g} s before" if cl["teacher_first_s"]
+                      else ", opened with the class")
+            moves = c["n"]
+            print(f"{args.students} students at once ({drove}), {args.rounds} rounds: slider -> numbers "
+                  f"p50 {c['p50_s']:.2f} s, p95 {c['p95_s']:.2f} s, max {c['max_s']:.2f} s (n={moves})"
+                  + (f"; -> script finished p95 {c['finished_p95_s']:.2f} s; {c['unchanged']} moves left the "
+                     f"numbers unchanged" if cl["driver"] == "ws" else ""), flush=True)
+            print(f"server: RSS {cl['server_rss_mb_1']:.0f} MB before the class, peak {cl['server_rss_mb_peak']:.0f} "
+                  f"MB, {cl['server_rss_mb_class']:.0f} MB after; CPU {cl['server_cpu_s']:.1f} s over "
+                  f"{cl['class_wall_s']:.1f} s of moves ({cl['server_cpu_s'] / max(moves, 1) * 1000:.0f} ms per move"
+                  + (")" if cl["driver"] == "ws" else ", page loads included)")
+                  + f"; load average {cl['load'][0]:.1f} -> {cl['load'][1]:.1f}",
+                  flush=True)
+            if c.get("errors"):
+                print(f"errors shown to students: {c['errors']}", flush=True)
 
 if __name__ == "__main__":
     main()

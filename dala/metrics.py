@@ -244,9 +244,11 @@ def patient_accuracy(y_true: Any, y_pred: Any, patients: Any) -> float:
 
 
 def _patient_accuracy(yt: np.ndarray, yp: np.ndarray, pats: np.ndarray) -> tuple[float, int]:
-    keys = np.array([str(v) for v in pats])
-    scores = [accuracy_score(yt[keys == k], yp[keys == k]) for k in np.unique(keys)]
-    return float(np.mean(scores)), len(scores)
+    # one pass with bincount: a mask per patient cost ~8 ms of every Imbalance Lab answer
+    keys, inverse = np.unique(np.array([str(v) for v in pats]), return_inverse=True)
+    right = np.bincount(inverse, weights=(yt == yp).astype(float), minlength=len(keys))
+    images = np.bincount(inverse, minlength=len(keys))
+    return float(np.mean(right / images)), len(keys)
 
 
 def calibration_bins(y_true: Any, y_prob: Any, *, n_bins: int = 10) -> dict:

@@ -381,11 +381,12 @@ u[1].caption("Each image also shows its uncertainty: the spread of the malignant
              "flips and quarter turns of the image (test-time augmentation; tissue has no up).")
 dt_params: dict = {}
 if "dt-gradcam" in chosen_methods:
-    from dala.explain.dt_gradcam import RULES  # noqa: E402
+    from dala.explain.dt_rules import DEFAULT_RULE, RULES  # noqa: E402
 
     d = st.columns(3)
-    rule = d[0].selectbox("DT Grad-CAM threshold rule", list(RULES), key="ex_rule",
-                          help="Our reading of the paper's dynamic threshold: Otsu per image by default; "
+    rule = d[0].selectbox("DT Grad-CAM threshold rule", list(RULES), index=list(RULES).index(DEFAULT_RULE), key="ex_rule",
+                          help=f"Our reading of the paper's dynamic threshold: {DEFAULT_RULE} per image by default "
+                               "(the rule that matched the synthetic lesion masks best: docs/explain.md); "
                                "mean+k*std, a percentile, or a fixed value to compare with.")
     dt_params["rule"] = rule
     if rule == "mean_std":

@@ -26,7 +26,7 @@ c[0].metric("Images", f"{s['images']:,}")
 c[1].metric("Patients", s["patients"], help="Grouping key: patient = <year>-<numeric stem of slide id>.")
 c[2].metric("Benign", s["by_class"]["benign"])
 c[3].metric("Malignant", s["by_class"]["malignant"])
-c[4].metric("Imbalance (malignant:benign)", f"{s['imbalance_ratio']:.2f}:1" if s["imbalance_ratio"] else "n/a",
+c[4].metric("Malignant : benign", f"{s['imbalance_ratio']:.2f}:1" if s["imbalance_ratio"] else "n/a",
             help="BreakHis itself is about 2.2:1 (31% benign).")
 left, right = st.columns(2)
 left.plotly_chart(plots.class_counts_figure(index), key="home_class")

@@ -66,6 +66,30 @@ def _lab(root: str, stamp: float, encoder: str, fingerprint: str):
     return open_lab(root, index=ui.load_index_for(root), encoder=encoder, progress=False)
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _view_cache(root: str, stamp: float, encoder: str, fingerprint: str):
+    """The figures and baselines table of every answer of this Lab, shared by every session."""
+    from dala.lab.plots import ViewCache
+
+    return ViewCache(SHOWN)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8, on_release=lambda warmer: warmer and warmer.stop())
+def _warmer(root: str, stamp: float, encoder: str, fingerprint: str):
+    """The answers a class asks first (every strategy at the page's ratios, nearest 1:1 first, at
+    the default split, seed, magnification and head), computed once in the background into the
+    shared Lab's cache (dala.lab.warm; DALA_LAB_WARM=0: off)."""
+    from dala.lab.common import STRATEGIES as strategies
+    from dala.lab.warm import Warmer, nearest_first, warm_enabled
+
+    if not warm_enabled():
+        return None
+    return Warmer(_lab(root, stamp, encoder, fingerprint), nearest_first(strategies, RATIO_OPTIONS, 1.0),
+                  then=_view_cache(root, stamp, encoder, fingerprint).views,  # the figures too
+                  threshold=None, test_prevalence=None, split="patient", seed=0, magnification=None,
+                  head="linear").start()
+
+
 def _bank_problem(encoder: str, fingerprint: str) -> str | None:
     """None when the bank is on disk and whole (cheap check on every rerun), else what is wrong."""
     from dala.lab.bank import bank_folder, bank_problem
@@ -82,6 +106,8 @@ def _build_bank(encoder: str) -> str | None:
     bar = st.progress(0.0, text="Building the feature bank (once for this dataset and encoder)...")
     bank = get_bank(index, encoder, progress=lambda d, n: bar.progress(d / max(n, 1), text=f"Feature bank: {d}/{n} images"))
     bar.empty()
+    _warmer.clear()  # stops the old Lab's warmer
+    _view_cache.clear()
     _lab.clear()  # a Lab over the old bank must not answer any more
     return bank.rebuilt
 
@@ -111,6 +137,7 @@ try:
     if _bank_problem(encoder, fingerprint) is not None:
         rebuilt = _build_bank(encoder)
     lab = _lab(root, stamp, encoder, fingerprint)
+    _warm = _warmer(root, stamp, encoder, fingerprint)
 except DalaError as exc:
     ui.show_error(exc, what="This encoder cannot be used")
     st.info("Pick another encoder above (the prepared random stem always works offline).")
@@ -149,8 +176,10 @@ except DalaError as exc:
     st.stop()
 
 p = res.provenance
+cached = (", answer cached" if res.timing_ms.get("answer_cached") else
+          ", fit cached" if res.timing_ms.get("fit_cached") else "")
 st.caption(f"**Measured** on the {p['dataset']} - encoder: {p['encoder']} - {p['split']} - {head} head "
-           f"({res.timing_ms['total']:.0f} ms{', fit cached' if res.timing_ms.get('fit_cached') else ''}).")
+           f"({res.timing_ms['total']:.0f} ms{cached}).")
 tr, av, fi, te = res.sizes["train"], res.sizes["train_available"], res.sizes["fitted"], res.sizes["test"]
 sizes = (f"Training: **{tr['benign']} benign / {tr['malignant']} malignant** images kept "
          f"(of {av['benign']} / {av['malignant']} from {av['benign_patients']} / {av['malignant_patients']} patients)")
@@ -165,25 +194,24 @@ if strategy == "threshold":
     sizes += f" (chosen on validation: {res.strategy_threshold:.2f})"
 st.markdown(sizes + ".")
 
-cols = st.columns(len(SHOWN))
-for col, key in zip(cols, SHOWN):
-    v = res.row.get(key)
-    col.metric(metric_label(key), "-" if v is None else f"{v:.3f}", help=METRIC_HELP.get(key))
+PER_ROW = 5  # nine metrics in one row cut their labels ("Balanced...") on a laptop screen
+for first in range(0, len(SHOWN), PER_ROW):
+    for col, key in zip(st.columns(PER_ROW), SHOWN[first:first + PER_ROW]):
+        v = res.row.get(key)
+        col.metric(metric_label(key), "-" if v is None else f"{v:.3f}", help=METRIC_HELP.get(key))
 
-g1, g2 = st.columns([2, 3])
-from dala.lab import plots  # noqa: E402
-
-g1.plotly_chart(plots.confusion_figure(res.report["confusion_matrix"]), key="lab_cm")
-g2.plotly_chart(plots.roc_pr_figure(res.curves), key="lab_curves")
-
-tabs = st.tabs(["Baselines", "Sweep", "Leakage", "Prevalence", "Send to Train"])
 import pandas as pd  # noqa: E402
 
+views = _view_cache(root, stamp, encoder, fingerprint).views(res)  # built once per question, for everyone
+g1, g2 = st.columns([2, 3])
+g1.plotly_chart(views["cm"], key="lab_cm")
+g2.plotly_chart(views["curves"], key="lab_curves")
+
+tabs = st.tabs(["Baselines", "Sweep", "Leakage", "Prevalence", "Send to Train"])
+
 with tabs[0]:
-    table = {f"{strategy} @ {ratio_label(ratio)}": res.row, **res.baselines}
-    st.dataframe(pd.DataFrame({name: {metric_label(k): row.get(k) for k in SHOWN} for name, row in table.items()}).T,
-                 key="lab_baselines")
-    st.plotly_chart(plots.metric_bars(table), key="lab_bars")
+    st.dataframe(views["table"], key="lab_baselines")
+    st.plotly_chart(views["bars"], key="lab_bars")
     st.caption("Always malignant scores the share of malignant images in accuracy, and 0 in GMean and specificity: "
                "a number that does not beat these two says nothing.")
 
@@ -202,6 +230,8 @@ with tabs[1]:
         st.session_state["lab_swept"] = True
         with st.spinner("Sweeping..."):
             df = _sweep(root, stamp, encoder, fingerprint, "patient", seed, mag, head)
+        from dala.lab import plots
+
         st.plotly_chart(plots.sweep_figure(df, metrics=("accuracy", "gmean", "balanced_accuracy")), key="lab_sweep_fig")
         st.dataframe(df.drop(columns=["error"]) if df["error"].isna().all() else df, hide_index=True, key="lab_sweep_df")
         st.caption(f"{p['dataset']} - {p['encoder']} - {lab.split_label('patient', seed, mag)}.")
@@ -226,6 +256,7 @@ with tabs[3]:
     st.caption("Accuracy and precision depend on how common malignant images are where the model is used; "
                "sensitivity, specificity and balanced accuracy do not (the test images are copied whole).")
     if st.toggle("Draw the metrics against the test prevalence", key="lab_prev_curve"):
+        from dala.lab import plots
         from dala.lab.scoring import prevalence_table
 
         tab = prevalence_table(lab, strategy, ratio, threshold=threshold if manual_t else None, **question)
@@ -238,8 +269,11 @@ with tabs[4]:
     default_data = str(st.session_state.get("data_source", "")).startswith("Synthetic default")
     settings, notes = train_settings(res.setting, lab.bank.encoder, data_root=None if default_data else root)
     st.json(settings, expanded=False)
-    for note in notes:
-        st.warning(note) if strategy not in TRAIN_IMBALANCE and note.startswith("Train has no") else st.caption(note)
+    for note in notes:  # statements, not a conditional expression: Streamlit's magic would st.write its value
+        if strategy not in TRAIN_IMBALANCE and note.startswith("Train has no"):
+            st.warning(note)
+        else:
+            st.caption(note)
     if st.button("Send to Train", key="lab_send", type="primary"):
         st.session_state[SESSION_KEY] = settings
         st.switch_page("pages/train.py")
@@ -261,3 +295,22 @@ with tabs[4]:
                       "The run's test images differ from the lab's split: compare with care."))
     else:
         st.caption("No finished run with these settings yet: send them to Train, and this tab compares the two.")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _freeze_long_lived_objects(encoder: str, fingerprint: str, warmed: bool) -> int:
+    """Streamlit runs a full ``gc.collect(2)`` after every script run (``runner.postScriptGC``);
+    with torch, scikit-learn, plotly and pandas loaded that walks ~540,000 objects: ~190 ms of
+    GIL per slider move (measured), longer than the answer itself, and 30 students queue behind
+    it. Once per process and lab (after the bank, the Lab and the figures' modules are loaded),
+    the objects alive now are moved out of the collector's sight (``gc.freeze``): they live as
+    long as the server anyway; later garbage is collected as before. Once more when the warmer
+    has filled the Lab's cache (``warmed``): those answers live as long."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+_freeze_long_lived_objects(encoder, fingerprint, bool(_warm and _warm.finished.is_set()))

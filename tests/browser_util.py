@@ -115,6 +115,16 @@ def goto(page, server: StreamlitServer, path: str = "", *, timeout: float = 90.0
     wait_idle(page, timeout=timeout)
 
 
+def cut_labels(page) -> list[str]:
+    """Metric labels the page cuts short ("Balanced a..."): elements of a metric's label whose text
+    is wider than their box while their overflow is hidden."""
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll(
+                 "[data-testid='stMetricLabel'], [data-testid='stMetricLabel'] *"))
+             .filter(el => el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflow !== 'visible')
+             .map(el => el.innerText.trim()).filter(t => t)""")
+
+
 def screenshot(page, path: Path, *, full_page: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=full_page)

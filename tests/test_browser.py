@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_util import CHROMIUM, REPO_ROOT, StreamlitServer, goto, launch_browser, screenshot, wait_idle
+from browser_util import CHROMIUM, REPO_ROOT, StreamlitServer, cut_labels, goto, launch_browser, screenshot, wait_idle
 
 pytestmark = [pytest.mark.browser]
 
@@ -236,6 +236,7 @@ def test_walk_every_page_tab_toggle_and_expander(page, server):
         page.goto(href, wait_until="domcontentloaded")
         wait_idle(page, timeout=120)
         no_traceback(page, label)
+        assert not cut_labels(page), f"{label}: metric labels cut short: {cut_labels(page)}"
         tabs = page.locator("[data-testid='stMain'] [role='tab']")
         for i in range(max(tabs.count(), 1)):
             where = label

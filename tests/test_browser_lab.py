@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from browser_util import CHROMIUM, StreamlitServer, goto, launch_browser, wait_idle
+from browser_util import CHROMIUM, StreamlitServer, cut_labels, goto, launch_browser, wait_idle
 
 pytestmark = [pytest.mark.browser]
 
@@ -76,4 +76,17 @@ def test_moving_the_ratio_slider_updates_the_numbers(server):
         wait_idle(page, timeout=60)
         assert after != before
         assert page.locator("[data-testid='stException']").count() == 0
+        browser.close()
+
+
+def test_no_metric_label_is_cut_short_on_a_laptop_screen(server):
+    """Nine metrics in one row read "Balanced a..." and "Patient a..." at 1280 px (issue 14)."""
+    with sync_api.sync_playwright() as p:
+        browser = launch_browser(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        goto(page, server, "lab", timeout=180)
+        page.wait_for_selector("[data-testid='stMetricValue']", timeout=180_000)
+        wait_idle(page, timeout=60)
+        assert page.locator("[data-testid='stMetricLabel']").count() >= 9
+        assert cut_labels(page) == []
         browser.close()

@@ -256,6 +256,49 @@ def test_sweep_has_one_row_per_strategy_and_ratio(tiny_lab):
     assert set(df["strategy"]) == set(STRATEGIES)
 
 
+
+def test_a_question_asked_again_is_answered_from_the_cache_and_once_for_many_at_once(tiny_lab, monkeypatch):
+    import threading
+
+    from dala.lab import scoring
+
+    fits = []
+    real_fit = scoring.fit_head
+
+    def counting_fit(*a, **k):
+        fits.append(k.get("head"))
+        threading.Event().wait(0.2)  # slow enough that the other threads ask while it runs
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(scoring, "fit_head", counting_fit)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(tiny_lab.score("class_weight", 0.5)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == 4 and len(fits) == 1, fits  # single-flight: one fit for four students
+    assert sum(bool(a.timing_ms.get("answer_cached")) for a in answers) == 3
+    assert len({a.row["gmean"] for a in answers}) == 1
+    again = tiny_lab.score("class_weight", 0.5)
+    assert again.timing_ms["answer_cached"] and again.row == answers[0].row and len(fits) == 1
+    assert not tiny_lab.score("class_weight", 0.5, threshold=0.3).timing_ms.get("answer_cached")  # another question
+
+
+def test_warmer_answers_the_nearest_questions_first_and_skips_unanswerable_ones(tiny_lab):
+    from dala.lab.warm import Warmer, nearest_first
+
+    order = nearest_first(("none", "focal"), (0.05, 0.5, 1.0, 2.0, 20.0), 1.0)
+    assert order[:2] == [("none", 1.0), ("focal", 1.0)] and order[2:6] == [
+        ("none", 0.5), ("focal", 0.5), ("none", 2.0), ("focal", 2.0)]
+    question = dict(threshold=None, test_prevalence=None, split="patient", seed=0, magnification=40, head="linear")
+    warmer = Warmer(tiny_lab, order, **question).start()
+    assert warmer.finished.wait(120)
+    assert warmer.done == len(order) and warmer.skipped >= 1  # 1:20 leaves no benign image at 40X here
+    assert tiny_lab.score("focal", 2.0, **question).timing_ms["answer_cached"]
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_ratio_leaving_no_benign_image_names_problem_and_fix(tiny_lab):
     with pytest.raises(LabError, match="leaves no benign training image.*smallest ratio"):

@@ -26,6 +26,7 @@ def env(monkeypatch, tiny_synth_root, tmp_path_factory):
     monkeypatch.setenv("DALA_RUNS", str(runs))
     monkeypatch.setenv("DALA_OFFLINE", "1")
     monkeypatch.setenv("DALA_LAB_ENCODER", TINY_ENCODER)
+    monkeypatch.setenv("DALA_LAB_WARM", "0")  # no background answers competing with these flows (tested in test_lab)
     return {"data": tiny_synth_root, "runs": runs}
 
 
@@ -134,6 +135,7 @@ def test_send_to_train_says_what_train_cannot_do(env):
     at.select_slider(key="lab_ratio").set_value(0.5)
     ok(at.run())
     assert any("Train has no 'smote' strategy" in w.value for w in at.warning)
+    assert not at.get("help_info"), "a note's value reached st.write (Streamlit magic): a help box on the page"
     at.button(key="lab_send").click()
     ok(at.run())
     assert "Train a model" in [t.value for t in at.title]  # switched to the Train page

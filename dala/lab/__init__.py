@@ -4,7 +4,9 @@ The expensive part (a frozen encoder over every image) is done once into a memor
 **feature bank** (:mod:`dala.lab.bank`); every question is a head fitted in milliseconds on it
 (:mod:`dala.lab.heads`), scored by patient (:mod:`dala.lab.scoring`), or a whole sweep
 (:mod:`dala.lab.sweeps`). The page (``pages/lab.py``), the CLI (``python -m dala lab``) and the
-notebooks call the same functions; figures are in :mod:`dala.lab.plots`.
+notebooks call the same functions; figures are in :mod:`dala.lab.plots`. A class shares one Lab:
+answers and figures are cached per question, and :mod:`dala.lab.warm` answers the first ones in
+the background.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Plotly figures of the Imbalance Lab (the page and the notebooks draw the same ones)."""
+"""Plotly figures of the Imbalance Lab (the page and the notebooks draw the same ones), and
+:class:`ViewCache`: one answer's figures built once per question for every session."""
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -35,31 +38,35 @@ def confusion_figure(cm: list[list[int]], *, title: str = "confusion matrix (tes
 
 
 def roc_pr_figure(curves: dict | None, *, height: int = 320) -> go.Figure:
-    """ROC and precision-recall curves, with the operating point of the current threshold."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("ROC", "precision-recall"))
+    """ROC and precision-recall curves side by side, with the operating point of the current
+    threshold. Built in one constructor (the layout make_subplots would make: two x domains,
+    the panel titles as annotations): ~2 ms instead of ~13 ms, on every new slider setting."""
+    traces = []
     if curves and curves.get("roc", {}).get("fpr"):
         roc, pr, op = curves["roc"], curves["pr"], curves.get("operating_point") or {}
-        auc = roc.get("auc")
-        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"ROC (AUC {auc:.3f})" if auc else "ROC"),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
-                                 name="chance", showlegend=False), row=1, col=1)
-        ap = pr.get("ap")
-        fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines",
-                                 name=f"PR (AP {ap:.3f})" if ap else "PR"), row=1, col=2)
+        auc, ap = roc.get("auc"), pr.get("ap")
+        traces += [go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"ROC (AUC {auc:.3f})" if auc else "ROC"),
+                   go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="chance",
+                              showlegend=False),
+                   go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"PR (AP {ap:.3f})" if ap else "PR",
+                              xaxis="x2", yaxis="y2")]
         if op:
             t = op.get("threshold")
-            fig.add_trace(go.Scatter(x=[op["fpr"]], y=[op["tpr"]], mode="markers", marker=dict(size=12, color="red"),
-                                     name=f"threshold {t:.2f}"), row=1, col=1)
+            traces.append(go.Scatter(x=[op["fpr"]], y=[op["tpr"]], mode="markers", marker=dict(size=12, color="red"),
+                                     name=f"threshold {t:.2f}"))
             if op.get("precision") is not None:
-                fig.add_trace(go.Scatter(x=[op["tpr"]], y=[op["precision"]], mode="markers", showlegend=False,
-                                         marker=dict(size=12, color="red")), row=1, col=2)
-    fig.update_xaxes(title_text="false positive rate", range=[0, 1], row=1, col=1)
-    fig.update_yaxes(title_text="true positive rate (sensitivity)", range=[0, 1.02], row=1, col=1)
-    fig.update_xaxes(title_text="recall (sensitivity)", range=[0, 1], row=1, col=2)
-    fig.update_yaxes(title_text="precision", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
-    return fig
+                traces.append(go.Scatter(x=[op["tpr"]], y=[op["precision"]], mode="markers", showlegend=False,
+                                         marker=dict(size=12, color="red"), xaxis="x2", yaxis="y2"))
+    domains = ((0.0, 0.45), (0.55, 1.0))
+    titles = [dict(text=text, x=(a + b) / 2, y=1.0, xref="paper", yref="paper", xanchor="center", yanchor="bottom",
+                   showarrow=False, font=dict(size=16)) for text, (a, b) in zip(("ROC", "precision-recall"), domains)]
+    layout = dict(
+        xaxis=dict(domain=domains[0], anchor="y", range=[0, 1], title=dict(text="false positive rate")),
+        yaxis=dict(domain=[0, 1], anchor="x", range=[0, 1.02], title=dict(text="true positive rate (sensitivity)")),
+        xaxis2=dict(domain=domains[1], anchor="y2", range=[0, 1], title=dict(text="recall (sensitivity)")),
+        yaxis2=dict(domain=[0, 1], anchor="x2", range=[0, 1.02], title=dict(text="precision")),
+        annotations=titles, height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return go.Figure(data=traces, layout=layout)
 
 
 def sweep_figure(df: pd.DataFrame, *, metrics=("accuracy", "gmean"), height: int = 380, title: str = "") -> go.Figure:
@@ -106,3 +113,46 @@ def metric_bars(rows: dict[str, dict], *, metrics=("accuracy", "balanced_accurac
     fig.update_layout(barmode="group", height=height, yaxis=dict(range=[0, 1.02]), margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+class ViewCache:
+    """The page's drawings of an answer (confusion matrix, ROC/PR, the bars and the table beside
+    the two baselines), built once per question and shared: a class asks the same few questions,
+    and building the figures costs more than a cached answer (~35 ms, mostly plotly's property
+    validation). Everything returned is read-only (``st.plotly_chart`` sends a copy of a figure).
+    The lab's warmer fills it too (:class:`dala.lab.warm.Warmer`, ``then=``)."""
+
+    def __init__(self, shown: tuple[str, ...], *, limit: int = 512):
+        self.shown = tuple(shown)
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._views: OrderedDict = OrderedDict()
+
+    @staticmethod
+    def key(res) -> tuple:
+        return tuple(sorted(res.setting.items(), key=lambda kv: kv[0])) + (res.curves is not None,)
+
+    def views(self, res) -> dict:
+        """``{"cm", "curves", "bars": plotly figures, "table": DataFrame}`` of ``res`` (a
+        :class:`dala.lab.scoring.SettingResult`)."""
+        key = self.key(res)
+        with self._lock:
+            if key in self._views:
+                self._views.move_to_end(key)
+                return self._views[key]
+        out = self._build(res)
+        with self._lock:
+            self._views[key] = out
+            while len(self._views) > self.limit:
+                self._views.popitem(last=False)
+        return out
+
+    def _build(self, res) -> dict:
+        from dala.lab.common import ratio_label
+        from dala.metric_row import metric_label
+
+        table = {f"{res.setting['strategy']} @ {ratio_label(res.setting['ratio'])}": res.row, **res.baselines}
+        frame = pd.DataFrame({name: {metric_label(k): row.get(k) for k in self.shown}
+                              for name, row in table.items()}).T
+        return {"cm": confusion_figure(res.report["confusion_matrix"]), "curves": roc_pr_figure(res.curves),
+                "bars": metric_bars(table), "table": frame}

@@ -4,7 +4,11 @@
 threshold=..., test_prevalence=..., split="patient"|"image")`` returns a :class:`SettingResult`
 (plain data: the setting, what produced the numbers, the sizes, every metric from
 :func:`dala.metrics.classification_report`, the baselines, the curves). Fits are cached per
-setting (threshold and test prevalence only re-score), so a slider move costs metrics only.
+setting (threshold and test prevalence only re-score), so a slider move costs metrics only, and
+whole answers are cached per question too: one Lab serves a class (``st.cache_resource``), and a
+class asks the same few discrete questions, so the second student asking one gets it for free.
+Both caches are single-flight: students asking the same new question at once wait for the one
+computing it instead of each fitting it again (on a 2-core server they would share one GIL).
 
 - **ratio**: benign training images per malignant one, by subsampling the training patients'
   images (:func:`dala.train.imbalance.subsample_to_ratio`); the validation and test parts are
@@ -21,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -43,6 +47,7 @@ MIN_IMAGES_PER_CLASS = 2
 MIN_PATIENTS_PER_CLASS = 1
 MAX_COPIES = 40
 FIT_CACHE = 256
+RESULT_CACHE = 1024  # answers (a few KB each: rows, sizes, curves of the test images)
 CLASSES = ("benign", "malignant")
 
 
@@ -99,6 +104,13 @@ def _lru_get(cache: OrderedDict, key):
     return None
 
 
+def _lru_put(cache: OrderedDict, key, value, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
 class Lab:
     """A bank with its dataset: splits, fits and scores, cached and safe to share across threads."""
 
@@ -121,6 +133,41 @@ class Lab:
         self._splits: dict = {}
         self._fits: OrderedDict = OrderedDict()
         self._baselines: OrderedDict = OrderedDict()
+        self._results: OrderedDict = OrderedDict()
+        self._inflight: dict = {}  # key -> threading.Event of the thread computing it
+
+    def _cached(self, cache: OrderedDict, limit: int, key, compute):
+        """``(value, hit)``: ``cache[key]``, or ``compute()`` stored under it. Single-flight: a
+        second thread asking for a key being computed waits for that result (or, if it failed,
+        computes it itself and meets the same error)."""
+        while True:
+            with self._lock:
+                hit = _lru_get(cache, key)
+                if hit is not None:
+                    return hit, True
+                event = self._inflight.get((id(cache), key))
+                if event is None:
+                    event = self._inflight[(id(cache), key)] = threading.Event()
+                    break
+            event.wait()
+            with self._lock:
+                hit = _lru_get(cache, key)
+            if hit is not None:
+                return hit, True
+            # the computing thread failed: try ourselves (and raise its error, if it is one)
+            with self._lock:
+                if self._inflight.get((id(cache), key)) is event:
+                    del self._inflight[(id(cache), key)]
+        try:
+            value = compute()
+            with self._lock:
+                _lru_put(cache, key, value, limit)
+            return value, False
+        finally:
+            with self._lock:
+                if self._inflight.get((id(cache), key)) is event:
+                    del self._inflight[(id(cache), key)]
+            event.set()
 
     # -- provenance ---------------------------------------------------------------------
     @property
@@ -215,10 +262,11 @@ class Lab:
         check_strategy(strategy)
         ratio = check_ratio(ratio)
         key = (strategy, ratio, split, int(seed), magnification, head)
-        with self._lock:
-            hit = _lru_get(self._fits, key)
-        if hit is not None:
-            return hit
+        return self._cached(self._fits, FIT_CACHE, key,
+                            lambda: self._fit(strategy, ratio, split, int(seed), magnification, head))[0]
+
+    def _fit(self, strategy: str, ratio: float | None, split: str, seed: int, magnification: int | None,
+             head: str) -> dict:
         t0 = time.perf_counter()
         parts = self.parts(split, seed, magnification)
         if len(parts["test"]) == 0:
@@ -242,10 +290,6 @@ class Lab:
         out = {"head": fitted, "rows": rows, "parts": parts,
                "p_test": fitted.prob_malignant(np.asarray(self.X[parts["test"]], dtype=np.float32)),
                "fit_ms": (time.perf_counter() - t0) * 1000}
-        with self._lock:
-            self._fits[key] = out
-            while len(self._fits) > FIT_CACHE:
-                self._fits.popitem(last=False)
         return out
 
     # -- scores -------------------------------------------------------------------------
@@ -266,12 +310,27 @@ class Lab:
     def score(self, strategy: str = "none", ratio: float | None = 1.0, *, threshold: float | None = None,
               test_prevalence: float | None = None, split: str = "patient", seed: int = 0,
               magnification: int | None = None, head: str = "linear", curves: bool = True) -> SettingResult:
-        """Fit (or reuse) the head of a setting and score it on the test patients."""
+        """Fit (or reuse) the head of a setting and score it on the test patients. The same
+        question asked again (by anyone sharing this Lab) is answered from the cache:
+        ``timing_ms["answer_cached"]`` says so, and the answer must be treated as read-only."""
+        t0 = time.perf_counter()
+        check_strategy(strategy)
+        ratio = check_ratio(ratio)
+        threshold = check_threshold(threshold)
+        prevalence = check_prevalence(test_prevalence)
+        key = (strategy, ratio, threshold, prevalence, split, int(seed), magnification, head, bool(curves))
+        res, hit = self._cached(self._results, RESULT_CACHE, key, lambda: self._score(
+            strategy, ratio, threshold, prevalence, split, int(seed), magnification, head, bool(curves)))
+        if not hit:
+            return res
+        return replace(res, timing_ms={**res.timing_ms, "answer_cached": True, "fit_cached": True,
+                                       "total": round((time.perf_counter() - t0) * 1000, 2)})
+
+    def _score(self, strategy: str, ratio: float | None, threshold: float | None, prevalence: float | None,
+               split: str, seed: int, magnification: int | None, head: str, curves: bool) -> SettingResult:
         from dala.metrics import classification_report, curve_points
 
         t0 = time.perf_counter()
-        threshold = check_threshold(threshold)
-        prevalence = check_prevalence(test_prevalence)
         fit = self.fit(strategy, ratio, split=split, seed=seed, magnification=magnification, head=head)
         t_fit = time.perf_counter()
         head_: FittedHead = fit["head"]
@@ -309,19 +368,13 @@ class Lab:
         """"always malignant" and "always benign" on the same test images (cached)."""
         from dala.metrics import classification_report
 
-        key = hash(rows.tobytes())
-        with self._lock:
-            hit = _lru_get(self._baselines, key)
-        if hit is not None:
-            return hit
         y, pats = self.y[rows], self.patients[rows]
-        out = {name: flat_row(classification_report(y, np.full(len(y), value), patients=pats))
-               for name, value in (("always malignant", 1.0), ("always benign", 0.0))}
-        with self._lock:
-            self._baselines[key] = out
-            while len(self._baselines) > FIT_CACHE:
-                self._baselines.popitem(last=False)
-        return out
+
+        def compute():
+            return {name: flat_row(classification_report(y, np.full(len(y), value), patients=pats))
+                    for name, value in (("always malignant", 1.0), ("always benign", 0.0))}
+
+        return self._cached(self._baselines, FIT_CACHE, hash(rows.tobytes()), compute)[0]
 
 
 def prevalence_table(lab: Lab, strategy: str, ratio: float | None, *, prevalences=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
