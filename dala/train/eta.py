@@ -10,14 +10,15 @@ import time
 from dataclasses import dataclass
 
 # fitted constants (README, "Training"); a ResNet50 at 224 px costs 1 unit per image and pass
-DECODE_S = 0.008  # per PNG, decoded once
+DECODE_S = 0.002  # per PNG, decoded once (a 350x230 synthetic PNG; a 700x460 BreakHis one ~4x)
 QUICK_STEM_IMAGES_PER_S = 52.0  # stem forward passes (feature cache)
 QUICK_TOP_IMAGES_PER_S = 95.0  # training the top from cached features
 QUICK_VAL_IMAGES_PER_S = 1000.0
 FULL_TRAIN_IMAGES_PER_S = 15.3  # forward + backward of the whole network
 FULL_AUGMENT_S = 0.001  # per training image
 FULL_EVAL_IMAGES_PER_S = 30.0
-EPOCH_FIXED_S = 1.0  # validation bookkeeping
+EPOCH_FIXED_S = 0.15  # an epoch's own bookkeeping (status, metrics line)
+VAL_BOOKKEEPING_S = 0.007  # per validation image, whatever the model: batching, metrics, tiles
 CHECKPOINT_S_PER_25M = 0.8  # two checkpoint writes per epoch, per 25 M parameters
 SLOWDOWN = 1.0  # overall factor between the components above and the wall clock of a run
 
@@ -48,8 +49,8 @@ def estimate_parts(config, n_train: int, n_eval: int) -> EstimateParts:
     params = spec.param_count()
     cost = (params / 25e6) ** 0.5 * (size / 224) ** 2  # ResNet50 at 224 px = 1
     decode = (n_train + n_eval) * DECODE_S
-    per_epoch = EPOCH_FIXED_S + CHECKPOINT_S_PER_25M * params / 25e6
     n_val = n_eval / 3
+    per_epoch = EPOCH_FIXED_S + n_val * VAL_BOOKKEEPING_S + CHECKPOINT_S_PER_25M * params / 25e6
     bs = max(1, config.batch_size)
     steps = max(1, -(-n_train // bs))
     per_image = n_train / steps  # images in an average step
