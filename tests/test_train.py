@@ -313,6 +313,9 @@ def test_recommended_settings_without_pretrained_weights():
     assert recommended_settings("seresnet50", pretrained=False)["mode"] == "quick"
     # ... end to end at a reduced size for a stem without residual blocks
     assert recommended_settings("vgg16", pretrained=False)["mode"] == "full"
+    # the registry's measured step where the shared one failed: VGG16 (no BatchNorm) collapsed at 3e-4
+    assert recommended_settings("vgg16", pretrained=False)["lr"] == 1e-4
+    assert recommended_settings("densenet121", pretrained=False)["lr"] == 3e-4
     assert recommended_settings("tiny_cnn", pretrained=False) == {"mode": "full", "lr": 1e-3, "image_size": 128, "epochs": 10}
     assert pretrained_ready("tiny_cnn") is False  # it has no pretrained weights at all
     TrainConfig(model="tiny_cnn", **recommended_settings("tiny_cnn", pretrained=False)).validate()

@@ -197,7 +197,8 @@ def recommended_settings(model: str, *, pretrained: bool) -> dict[str, Any]:
     wants a larger step than a pretrained one (lr 3e-4, 12 epochs; measured in the README,
     "Measured figures"). A stem without residual blocks stays a deep random network whose
     features carry little, so those models (and tiny_cnn, which has no pretrained weights)
-    train end to end at a reduced size instead.
+    train end to end at a reduced size instead, at lr 3e-4 unless the registry spec names the
+    step measured to work for that model (``ModelSpec.scratch_lr``).
     """
     if pretrained:
         return {"mode": "quick", "lr": 1e-4, "image_size": None, "epochs": 5}
@@ -207,4 +208,6 @@ def recommended_settings(model: str, *, pretrained: bool) -> dict[str, Any]:
 
     if has_residual_stem(model):
         return {"mode": "quick", "lr": 3e-4, "image_size": None, "epochs": 12}
-    return {"mode": "full", "lr": 3e-4, "image_size": 128, "epochs": 10}
+    from dala.models import get_spec
+
+    return {"mode": "full", "lr": get_spec(model).scratch_lr or 3e-4, "image_size": 128, "epochs": 10}
