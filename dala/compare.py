@@ -282,8 +282,9 @@ def ece_change_ci(y_true, before, after, patients, *, n_bins: int = 10, n_boot: 
     pats = np.asarray(patients)
     keys, inv = np.unique(pats, return_inverse=True)
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=n_boot)  # (R, P) patient counts
-    weights = draws[:, inv].astype(np.float64)  # (R, N)
+    from dala.stats import resample_weights
+
+    weights = resample_weights(len(keys), n_boot, rng)[:, inv]  # (R, N): each image weighted by its patient's count
     one = np.ones((1, len(y)))
     b, a = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
     diff = _ece(y, a, weights, n_bins) - _ece(y, b, weights, n_bins)

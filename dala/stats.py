@@ -32,6 +32,7 @@ __all__ = [
     "Predictions",
     "difference_ci",
     "holm",
+    "resample_weights",
     "interval",
     "metric_ci",
     "metric_value",
@@ -272,8 +273,9 @@ def _replicates(table: _Table, metric: str, weights: np.ndarray) -> np.ndarray:
     return _confusion_metric(metric)(weights @ table.counts)
 
 
-def _weights(n_pat: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    # drawing n_pat patients with replacement == multinomial multiplicities
+def resample_weights(n_pat: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_pat) multiplicities of each patient in each bootstrap resample: drawing n_pat
+    patients with replacement is one multinomial draw, so every resample is one row of weights."""
     return rng.multinomial(n_pat, np.full(n_pat, 1.0 / n_pat), size=n_boot).astype(np.float64)
 
 
@@ -311,7 +313,7 @@ def patient_bootstrap(y_true: Any, y_prob: Any, patients: Any, metric: str, *,
     is undefined (e.g. no benign image drawn for specificity)."""
     pred = _make(y_true, y_prob, patients, float(threshold))
     table = _table(pred)
-    w = _weights(table.keys.shape[0], _check_boot(n_boot), np.random.default_rng(seed))
+    w = resample_weights(table.keys.shape[0], _check_boot(n_boot), np.random.default_rng(seed))
     return _replicates(table, _check_metric(metric), w)
 
 
@@ -335,7 +337,7 @@ def metric_ci(y_true: Any, y_prob: Any, patients: Any, metric: str, *, n_boot: i
     metric = _check_metric(metric)
     table = _table(pred)
     reps = _replicates(table, metric,
-                       _weights(table.keys.shape[0], _check_boot(n_boot),
+                       resample_weights(table.keys.shape[0], _check_boot(n_boot),
                                 np.random.default_rng(seed)))
     lo, hi = interval(reps, level)
     return {
@@ -380,11 +382,11 @@ def difference_ci(a: Any, b: Any, *, paired: bool, metric: str = "accuracy",
                 "a paired comparison needs the same test patients; "
                 f"only in a: {only_a}, only in b: {only_b}. Use paired=False for different "
                 "test sets.")
-        w = _weights(ta.keys.shape[0], n_boot, rng)
+        w = resample_weights(ta.keys.shape[0], n_boot, rng)
         wa = wb = w
     else:
-        wa = _weights(ta.keys.shape[0], n_boot, rng)
-        wb = _weights(tb.keys.shape[0], n_boot, rng)
+        wa = resample_weights(ta.keys.shape[0], n_boot, rng)
+        wb = resample_weights(tb.keys.shape[0], n_boot, rng)
     diff = _replicates(ta, metric, wa) - _replicates(tb, metric, wb)
     lo, hi = interval(diff, level)
     va, vb = _value(pa, metric), _value(pb, metric)
@@ -420,7 +422,7 @@ def trials_difference(pairs: Sequence[tuple[Any, Any]], *, metric: str = "accura
             raise MetricsInputError(
                 "each trial's two runs must share their test patients (a paired comparison); "
                 "were they run on the study's fixed splits?")
-        w = _weights(ta.keys.shape[0], n_boot, rng)
+        w = resample_weights(ta.keys.shape[0], n_boot, rng)
         reps += _replicates(ta, metric, w) - _replicates(tb, metric, w)
         per_trial.append(_value(pa, metric) - _value(pb, metric))
     reps /= len(pairs)

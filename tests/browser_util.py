@@ -83,6 +83,20 @@ class StreamlitServer:
         self.stop()
 
 
+TINY_LAB_ENCODER = "random_stem:tiny_cnn@64"  # the lab's encoder in tests: a bank of the tiny set in seconds
+
+
+@contextlib.contextmanager
+def lab_server(base: Path, data_root: Path):
+    """A real server on ``data_root`` whose Imbalance Lab uses the tiny encoder, offline, with its
+    home and runs under ``base``."""
+    env = {"DALA_DATA_ROOT": str(data_root), "DALA_HOME": str(base / "home"), "DALA_RUNS": str(base / "runs"),
+           "DALA_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(base / "home" / "torch"),
+           "DALA_LAB_ENCODER": TINY_LAB_ENCODER}
+    with StreamlitServer(env=env, log_path=base / "server.log") as srv:
+        yield srv
+
+
 def launch_browser(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 

@@ -3,11 +3,12 @@ with the keyboard changes the numbers on the page (and how long that took is pri
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
-from browser_util import CHROMIUM, StreamlitServer, cut_labels, goto, launch_browser, wait_idle
+from browser_util import CHROMIUM, cut_labels, goto, lab_server, launch_browser, wait_idle
 
 pytestmark = [pytest.mark.browser]
 
@@ -15,17 +16,24 @@ if not CHROMIUM.exists():
     pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
-TINY_ENCODER = "random_stem:tiny_cnn@64"
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_synth_root):
-    base = tmp_path_factory.mktemp("browser_lab")
-    env = {"DALA_DATA_ROOT": str(tiny_synth_root), "DALA_HOME": str(base / "home"), "DALA_RUNS": str(base / "runs"),
-           "DALA_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(base / "home" / "torch"),
-           "DALA_LAB_ENCODER": TINY_ENCODER}
-    with StreamlitServer(env=env, log_path=base / "server.log") as srv:
+    with lab_server(tmp_path_factory.mktemp("browser_lab"), tiny_synth_root) as srv:
         yield srv
+
+
+@contextlib.contextmanager
+def lab_page(server, *, width: int, height: int):
+    """The Imbalance Lab in a fresh Chromium page, its numbers drawn and no exception box."""
+    with sync_api.sync_playwright() as p:
+        browser = launch_browser(p)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        goto(page, server, "lab", timeout=180)
+        page.wait_for_selector("[data-testid='stMetricValue']", timeout=180_000)
+        assert page.locator("[data-testid='stException']").count() == 0
+        yield page
+        browser.close()
 
 
 def numbers(page) -> str:
@@ -49,12 +57,7 @@ def wait_change(page, before: str, *, timeout: float = 60.0) -> tuple[str, float
 
 
 def test_moving_the_ratio_slider_updates_the_numbers(server):
-    with sync_api.sync_playwright() as p:
-        browser = launch_browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        goto(page, server, "lab", timeout=180)
-        page.wait_for_selector("[data-testid='stMetricValue']", timeout=180_000)
-        assert page.locator("[data-testid='stException']").count() == 0
+    with lab_page(server, width=1400, height=1400) as page:
         assert "SYNTHETIC" in page.content()
         before = numbers(page)
         thumb = page.get_by_role("slider").first  # the training ratio
@@ -76,17 +79,11 @@ def test_moving_the_ratio_slider_updates_the_numbers(server):
         wait_idle(page, timeout=60)
         assert after != before
         assert page.locator("[data-testid='stException']").count() == 0
-        browser.close()
 
 
 def test_no_metric_label_is_cut_short_on_a_laptop_screen(server):
     """Nine metrics in one row read "Balanced a..." and "Patient a..." at 1280 px (issue 14)."""
-    with sync_api.sync_playwright() as p:
-        browser = launch_browser(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        goto(page, server, "lab", timeout=180)
-        page.wait_for_selector("[data-testid='stMetricValue']", timeout=180_000)
+    with lab_page(server, width=1280, height=900) as page:
         wait_idle(page, timeout=60)
         assert page.locator("[data-testid='stMetricLabel']").count() >= 9
         assert cut_labels(page) == []
-        browser.close()

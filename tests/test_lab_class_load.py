@@ -12,22 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from browser_util import StreamlitServer
+from browser_util import lab_server
 
 pytest.importorskip("websockets")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from st_ws_client import RATIO_LABEL, StreamlitSession, run_class  # noqa: E402
 
-TINY_ENCODER = "random_stem:tiny_cnn@64"
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_synth_root):
-    base = tmp_path_factory.mktemp("class_load")
-    env = {"DALA_DATA_ROOT": str(tiny_synth_root), "DALA_HOME": str(base / "home"), "DALA_RUNS": str(base / "runs"),
-           "DALA_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(base / "home" / "torch"),
-           "DALA_LAB_ENCODER": TINY_ENCODER}
-    with StreamlitServer(env=env, log_path=base / "server.log") as srv:
+    with lab_server(tmp_path_factory.mktemp("class_load"), tiny_synth_root) as srv:
         yield srv
 
 

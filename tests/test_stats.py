@@ -39,7 +39,7 @@ def test_replicates_equal_the_libraries_with_sample_weights():
     rng = np.random.default_rng(3)
     y, prob, pats = _simulate(rng, n_patients=30)
     table = stats._table(stats._make(y, prob, pats, 0.5))
-    w = stats._weights(30, 20, np.random.default_rng(0))
+    w = stats.resample_weights(30, 20, np.random.default_rng(0))
     code = np.unique(pats, return_inverse=True)[1]
     y_hat = (prob >= 0.5).astype(int)
     lib = {
@@ -67,7 +67,7 @@ def test_patient_accuracy_replicate_equals_expanded_resample():
     rng = np.random.default_rng(4)
     y, prob, pats = _simulate(rng, n_patients=12, per_patient=3)
     table = stats._table(stats._make(y, prob, pats, 0.5))
-    w = stats._weights(12, 5, np.random.default_rng(1))
+    w = stats.resample_weights(12, 5, np.random.default_rng(1))
     ours = stats._replicates(table, "patient_accuracy", w)
     y_hat = (prob >= 0.5).astype(int)
     for b in range(5):

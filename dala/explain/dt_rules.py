@@ -215,7 +215,9 @@ def _cluster_means(values: np.ndarray, clusters: np.ndarray, n_boot: int, rng) -
     sums = np.zeros((len(keys), values.shape[1]))
     np.add.at(sums, inv, values)
     counts = np.bincount(inv, minlength=len(keys)).astype(np.float64)
-    w = rng.multinomial(len(keys), np.full(len(keys), 1.0 / len(keys)), size=n_boot).astype(np.float64)  # (B, P)
+    from dala.stats import resample_weights
+
+    w = resample_weights(len(keys), n_boot, rng)  # (B, P)
     return values.mean(axis=0), (w @ sums) / (w @ counts)[:, None]
 
 

@@ -1,4 +1,5 @@
-"""What every part of the lab shares: the strategy names, the sweep's ratios, the error type.
+"""What every part of the lab shares: the strategy names, the sweep's ratios, the error type,
+the LRU helpers of its caches.
 
 The strategy names and the ratio's meaning are a contract (CLI flags, JSON keys, notebooks):
 ``ratio`` is the number of benign training images per malignant one (0.05 = 1:20, 1.0 balanced,
@@ -7,7 +8,25 @@ The strategy names and the ratio's meaning are a contract (CLI flags, JSON keys,
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from dala.errors import DalaError
+
+
+def lru_get(cache: OrderedDict, key):
+    """``cache[key]`` marked most recently used, or None (callers hold their own lock)."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    return None
+
+
+def lru_put(cache: OrderedDict, key, value, limit: int) -> None:
+    """Store ``value`` as most recently used and drop the least recently used beyond ``limit``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
 
 # in the order the page and the CLI list them
 STRATEGIES: tuple[str, ...] = ("none", "class_weight", "oversample", "smote", "undersample", "focal",

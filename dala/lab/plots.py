@@ -135,16 +135,16 @@ class ViewCache:
     def views(self, res) -> dict:
         """``{"cm", "curves", "bars": plotly figures, "table": DataFrame}`` of ``res`` (a
         :class:`dala.lab.scoring.SettingResult`)."""
+        from dala.lab.common import lru_get, lru_put
+
         key = self.key(res)
         with self._lock:
-            if key in self._views:
-                self._views.move_to_end(key)
-                return self._views[key]
+            hit = lru_get(self._views, key)
+        if hit is not None:
+            return hit
         out = self._build(res)
         with self._lock:
-            self._views[key] = out
-            while len(self._views) > self.limit:
-                self._views.popitem(last=False)
+            lru_put(self._views, key, out, self.limit)
         return out
 
     def _build(self, res) -> dict:

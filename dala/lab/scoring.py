@@ -39,6 +39,8 @@ from dala.lab.common import (
     check_ratio,
     check_strategy,
     check_threshold,
+    lru_get,
+    lru_put,
     ratio_label,
 )
 from dala.lab.heads import FittedHead, fit_head
@@ -97,20 +99,6 @@ def prevalence_copies(n_malignant: int, n_benign: int, prevalence: float, *, max
     return best
 
 
-def _lru_get(cache: OrderedDict, key):
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    return None
-
-
-def _lru_put(cache: OrderedDict, key, value, limit: int) -> None:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > limit:
-        cache.popitem(last=False)
-
-
 class Lab:
     """A bank with its dataset: splits, fits and scores, cached and safe to share across threads."""
 
@@ -142,7 +130,7 @@ class Lab:
         computes it itself and meets the same error)."""
         while True:
             with self._lock:
-                hit = _lru_get(cache, key)
+                hit = lru_get(cache, key)
                 if hit is not None:
                     return hit, True
                 event = self._inflight.get((id(cache), key))
@@ -151,7 +139,7 @@ class Lab:
                     break
             event.wait()
             with self._lock:
-                hit = _lru_get(cache, key)
+                hit = lru_get(cache, key)
             if hit is not None:
                 return hit, True
             # the computing thread failed: try ourselves (and raise its error, if it is one)
@@ -161,7 +149,7 @@ class Lab:
         try:
             value = compute()
             with self._lock:
-                _lru_put(cache, key, value, limit)
+                lru_put(cache, key, value, limit)
             return value, False
         finally:
             with self._lock:
